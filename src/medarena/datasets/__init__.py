@@ -1,0 +1,1 @@
+"""Data hub: ingest (with de-identification), catalogue, splits and statistics."""

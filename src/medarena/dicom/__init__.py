@@ -1,0 +1,1 @@
+"""DICOM foundations: de-identification (deid) and other DICOM helpers."""
