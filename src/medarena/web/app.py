@@ -1,0 +1,55 @@
+"""The FastAPI application: server-rendered pages and the /api/v1 JSON API.
+
+Routes live in routers under medarena.web.routes, one module per resource, listed in
+``ROUTER_MODULES``; they parse input and call package apis. Resources (settings,
+catalogue with database sessions and object store, templates) live on ``app.state``
+and reach routes through the typed dependencies in medarena.web.deps.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from medarena import __version__
+from medarena.config import Settings
+from medarena.datasets.catalogue import Catalogue
+
+_HERE = Path(__file__).parent
+
+# Router modules, each exposing ``router``; included in this order.
+ROUTER_MODULES = (
+    "medarena.web.routes.datasets",
+    "medarena.web.routes.auth",
+    "medarena.web.routes.tokens",
+    "medarena.web.routes.challenges",
+    "medarena.web.routes.submissions",
+    "medarena.web.routes.leaderboards",
+    "medarena.web.routes.viewer",
+)
+
+
+def create_app(settings: Settings, catalogue: Catalogue) -> FastAPI:
+    """Build the app around an open catalogue (created by the caller, closed by it)."""
+    app = FastAPI(title="medarena", version=__version__, openapi_url="/openapi.json")
+    app.state.settings = settings
+    app.state.catalogue = catalogue
+    app.state.templates = Jinja2Templates(directory=str(_HERE / "templates"))
+    app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/datasets", status_code=307)
+
+    for name in ROUTER_MODULES:
+        app.include_router(importlib.import_module(name).router)
+    return app

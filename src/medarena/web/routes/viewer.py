@@ -1,0 +1,143 @@
+"""Submission detail extras: metric distributions and the slice viewer of image cases.
+
+Pages and images only (no API): the per-case viewer list, one case's slice viewer (image
+with reference and prediction overlays stacked, a range input to step through slices),
+the PNG of one layer of one slice, and the SVG of the metric distributions. Who may see
+which case is decided by :mod:`medarena.challenges.viewer` and
+:func:`medarena.challenges.submissions.submission_detail`; every refusal is a 404.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.orm import Session
+
+from medarena.challenges import submissions, viewer
+from medarena.db.platform_models import User
+from medarena.errors import InputError, MedarenaError, NotFoundError
+from medarena.storage import LocalObjectStore
+from medarena.web.deps import CatalogueDep, CurrentUser, DbSession, TemplatesDep
+
+router = APIRouter()
+# rendered slices and plots never change for a given submission and case; keep them private
+_CACHE = {"Cache-Control": "private, max-age=3600"}
+
+
+def _http(exc: MedarenaError) -> HTTPException:
+    if isinstance(exc, NotFoundError):
+        return HTTPException(404, str(exc))
+    if isinstance(exc, InputError):
+        return HTTPException(400, str(exc))
+    return HTTPException(403, str(exc))
+
+
+def _detail(db: Session, store: LocalObjectStore, submission_id: int, user: User) -> dict[str, Any]:
+    try:
+        sub = submissions.get_visible_submission(db, submission_id, user)
+        return submissions.submission_detail(db, store, sub, user)
+    except MedarenaError as exc:
+        raise _http(exc) from None
+
+
+@router.get("/submissions/{submission_id}/distributions.svg", include_in_schema=False)
+def distributions(
+    submission_id: int, user: CurrentUser, db: DbSession, cat: CatalogueDep
+) -> Response:
+    """SVG of the metric distributions over the cases the user may see per case."""
+    detail = _detail(db, cat.store, submission_id, user)
+    if not detail.get("cases"):
+        raise HTTPException(404, "no per-case results to plot for this submission")
+    svg = viewer.distributions_svg(detail["cases"])
+    return Response(svg, media_type="image/svg+xml", headers=_CACHE)
+
+
+@router.get(
+    "/submissions/{submission_id}/viewer", response_class=HTMLResponse, include_in_schema=False
+)
+def viewer_index(
+    request: Request,
+    submission_id: int,
+    user: CurrentUser,
+    db: DbSession,
+    cat: CatalogueDep,
+    templates: TemplatesDep,
+) -> Response:
+    """Distributions (inline SVG) and the list of cases to open in the slice viewer."""
+    detail = _detail(db, cat.store, submission_id, user)
+    sub = submissions.get_visible_submission(db, submission_id, user)
+    ctx = viewer.viewer_context(db, sub, user)
+    svg = viewer.distributions_svg(detail["cases"]) if detail.get("cases") else None
+    return templates.TemplateResponse(
+        request, "submission_viewer.html", {"d": detail, "ctx": ctx, "svg": svg}
+    )
+
+
+@router.get(
+    "/submissions/{submission_id}/cases/{case_key}",
+    response_class=HTMLResponse,
+    include_in_schema=False,
+)
+def case_page(
+    request: Request,
+    submission_id: int,
+    case_key: str,
+    user: CurrentUser,
+    db: DbSession,
+    cat: CatalogueDep,
+    templates: TemplatesDep,
+    axis: int = 2,
+) -> Response:
+    """The slice viewer of one case: image, reference and prediction overlays."""
+    try:
+        sub = submissions.get_visible_submission(db, submission_id, user)
+        case = viewer.viewer_case(db, sub, user, case_key)
+        shape = viewer.case_shape(cat.store, case, Path(cat.settings.data_dir))
+    except MedarenaError as exc:
+        raise _http(exc) from None
+    if axis not in (0, 1, 2):
+        raise HTTPException(400, "axis must be 0, 1 or 2")
+    n = shape[axis]
+    return templates.TemplateResponse(
+        request,
+        "submission_case.html",
+        {
+            "sub": sub,
+            "case": case,
+            "axis": axis,
+            "n": n,
+            "index": n // 2,
+            "has_reference": case.label_digest is not None,
+            "shape": shape,
+        },
+    )
+
+
+@router.get("/submissions/{submission_id}/cases/{case_key}/slice.png", include_in_schema=False)
+async def slice_png(
+    submission_id: int,
+    case_key: str,
+    user: CurrentUser,
+    db: DbSession,
+    cat: CatalogueDep,
+    axis: int = 2,
+    index: int = 0,
+    layer: str = "image",
+) -> Response:
+    """One layer of one slice as PNG (image grey levels; reference and prediction RGBA)."""
+
+    def render() -> bytes:
+        sub = submissions.get_visible_submission(db, submission_id, user)
+        return viewer.render_layer(
+            db, cat.store, sub, user, case_key, layer, axis, index, Path(cat.settings.data_dir)
+        )
+
+    try:
+        png = await run_in_threadpool(render)
+    except MedarenaError as exc:
+        raise _http(exc) from None
+    return Response(png, media_type="image/png", headers=_CACHE)
