@@ -5,16 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Connections one engine may hold at once (pool_size + max_overflow). The web app sizes
+# its thread pool from this (medarena.web.app): a request holds at most two connections
+# (its own session and a catalogue session), so threads * 2 must stay below it, or
+# requests that hold a connection and wait for a thread deadlock with threads that wait
+# for a connection.
+POOL_SIZE = 10
+MAX_OVERFLOW = 20
+POOL_CAPACITY = POOL_SIZE + MAX_OVERFLOW
 
 
 def create_engine_for(url: str) -> Engine:
     """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        in_memory = make_url(url).database in (None, "", ":memory:")
+        pool: dict[str, int] = (
+            {} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW}
+        )
+        engine = create_engine(url, connect_args={"timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -24,7 +37,7 @@ def create_engine_for(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 from urllib.parse import quote
 
+import anyio
 from fastapi import Depends, HTTPException, Request
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
@@ -21,6 +22,7 @@ from medarena.accounts.sessions import (
 from medarena.accounts.tokens import authenticate_token
 from medarena.config import Settings
 from medarena.datasets.catalogue import Catalogue
+from medarena.db.engine import POOL_CAPACITY
 from medarena.db.platform_models import User, WebSession
 
 
@@ -39,11 +41,49 @@ def get_templates(request: Request) -> Jinja2Templates:
     return templates
 
 
-def get_db(request: Request) -> Iterator[Session]:
-    """One database session per request, closed afterwards."""
-    cat: Catalogue = request.app.state.catalogue
-    with cat.sessions() as session:
+# Requests that may hold database sessions at once. A request holds at most two
+# connections (its own session and a catalogue session), so twice this stays below the
+# engine's POOL_CAPACITY, with a few connections left for in-process job workers. Without
+# the gate, requests parked between threads (a finished route waiting for a thread to
+# serialise its response) can hold every connection while every thread waits for one:
+# the server hangs. Waiting at the gate holds neither a thread nor a connection.
+DB_REQUESTS = max(2, (POOL_CAPACITY - 6) // 2)
+
+
+async def get_db(request: Request) -> AsyncIterator[Session]:
+    """One database session per request, closed afterwards; see :data:`DB_REQUESTS`."""
+    state = request.app.state
+    gate: anyio.Semaphore | None = getattr(state, "db_gate", None)
+    if gate is None:  # created on the event loop; one per app
+        gate = state.db_gate = anyio.Semaphore(DB_REQUESTS)
+    cat: Catalogue = state.catalogue
+    await gate.acquire()
+    session = cat.sessions()
+    held = True
+
+    def release() -> None:
+        nonlocal held
+        if held:
+            held = False
+            session.close()  # a rollback at most: returns the connection to the pool
+            gate.release()
+
+    request.state.release_db = release
+    try:
         yield session
+    finally:
+        release()
+
+
+def release_db(request: Request) -> None:
+    """End the request's database session early, on the event loop (async routes only).
+
+    For a route that then works for long without the database, such as streaming an
+    upload, so that it holds neither a connection nor a place at the gate meanwhile.
+    """
+    release = getattr(request.state, "release_db", None)
+    if release is not None:
+        release()
 
 
 CatalogueDep = Annotated[Catalogue, Depends(get_catalogue)]

@@ -25,7 +25,14 @@ from medarena.challenges.archives import ArchiveError
 from medarena.challenges.teams import team_of
 from medarena.db.platform_models import User
 from medarena.errors import MedarenaError, NotFoundError
-from medarena.web.deps import CatalogueDep, CurrentUser, DbSession, TemplatesDep, verify_csrf
+from medarena.web.deps import (
+    CatalogueDep,
+    CurrentUser,
+    DbSession,
+    TemplatesDep,
+    release_db,
+    verify_csrf,
+)
 
 router = APIRouter()
 _CSRF = [Depends(verify_csrf)]
@@ -92,6 +99,7 @@ async def api_submit(
 ) -> dict[str, Any]:
     """Upload a predictions archive (raw body, zip or tar) to a track and phase."""
     cap = await run_in_threadpool(_max_bytes, db, slug, track, phase, user)
+    release_db(request)  # the upload may take minutes: hold no connection meanwhile
     work = Path(cat.settings.data_dir) / "work"
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=work) as spool:
