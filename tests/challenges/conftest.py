@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import psycopg
 import pytest
+from sqlalchemy import make_url
 from sqlalchemy.orm import Session
 
 from medarena.challenges.spec import ChallengeSpec, parse_spec
@@ -19,6 +22,8 @@ from medarena.datasets.splits import SplitSpec
 from medarena.db.platform_models import User
 
 N_CASES = 10
+SECRET = "challenge-tests-secret-" + "x" * 32
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 SPEC_YAML = (Path(__file__).parent / "spec_small.yaml").read_text()
 
@@ -39,30 +44,87 @@ def write_dataset(root: Path, n: int = N_CASES) -> None:
     (root / "grades.csv").write_text("\n".join(rows) + "\n")
 
 
+def _build_world(data_dir: Path, src: Path, **settings: object) -> None:
+    """Ingest the tiny dataset as 'brain' and make split 'challenge' (test hidden)."""
+    cat = open_catalogue(get_settings(data_dir=data_dir, **settings))
+    try:
+        summary = ingest(cat, src, "brain")
+        assert summary.cases_added == N_CASES and not summary.issues
+        make_split(
+            cat,
+            "brain",
+            SplitSpec(name="challenge", ratios=(0.6, 0.2, 0.2), group_by=None, hidden=("test",)),
+        )
+    finally:
+        cat.close()
+
+
 @pytest.fixture(scope="session")
 def _template_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Data dir with dataset 'brain' and split 'challenge' (test hidden), built once."""
     base = tmp_path_factory.mktemp("challenge-template")
-    cat = open_catalogue(get_settings(data_dir=base / "data"))
     write_dataset(base / "src")
-    summary = ingest(cat, base / "src", "brain")
-    assert summary.cases_added == N_CASES and not summary.issues
-    make_split(
-        cat,
-        "brain",
-        SplitSpec(name="challenge", ratios=(0.6, 0.2, 0.2), group_by=None, hidden=("test",)),
-    )
-    cat.close()
+    _build_world(base / "data", base / "src")
     return base / "data"
 
 
-@pytest.fixture
-def catalogue(_template_data_dir: Path, tmp_path: Path) -> Iterator[Catalogue]:
-    """A private copy of the template catalogue (SQLite file and object store)."""
-    shutil.copytree(_template_data_dir, tmp_path / "data")
-    cat = open_catalogue(get_settings(data_dir=tmp_path / "data"))
-    yield cat
-    cat.close()
+def _admin(server_url: str) -> psycopg.Connection:
+    dsn = make_url(server_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(dsn, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def _pg_template(
+    postgres_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """(template database, data dir of its object store): the same world on PostgreSQL.
+
+    Built once per session; each test clones it with CREATE DATABASE ... TEMPLATE
+    (about 30 ms, against about 250 ms to migrate and ingest again).
+    """
+    server = postgres_server
+    name = f"medarena_tpl_{uuid.uuid4().hex[:12]}"
+    with _admin(server) as conn:
+        conn.execute(f'create database "{name}"')
+    try:
+        base = tmp_path_factory.mktemp("challenge-template-pg")
+        write_dataset(base / "src")
+        url = make_url(server).set(database=name).render_as_string(hide_password=False)
+        _build_world(base / "data", base / "src", database_url=url, secret_key=SECRET)
+        yield name, base / "data"
+    finally:
+        with _admin(server) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture(params=BACKENDS)
+def catalogue(
+    request: pytest.FixtureRequest, _template_data_dir: Path, tmp_path: Path
+) -> Iterator[Catalogue]:
+    """A private copy of the template world: on SQLite (file and object store copied),
+    then on PostgreSQL (a database cloned from the template, the object store copied)."""
+    if request.param == "sqlite":
+        shutil.copytree(_template_data_dir, tmp_path / "data")
+        cat = open_catalogue(get_settings(data_dir=tmp_path / "data"))
+        yield cat
+        cat.close()
+        return
+    server = request.getfixturevalue("postgres_server")
+    template, template_dir = request.getfixturevalue("_pg_template")
+    name = f"medarena_t_{uuid.uuid4().hex[:12]}"
+    with _admin(server) as conn:
+        conn.execute(f'create database "{name}" template "{template}"')
+    try:
+        shutil.copytree(template_dir, tmp_path / "data")
+        url = make_url(server).set(database=name).render_as_string(hide_password=False)
+        cat = open_catalogue(
+            get_settings(data_dir=tmp_path / "data", database_url=url, secret_key=SECRET)
+        )
+        yield cat
+        cat.close()
+    finally:
+        with _admin(server) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
 
 
 @pytest.fixture

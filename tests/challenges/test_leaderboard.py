@@ -38,10 +38,8 @@ def _cases(values: list[float]) -> dict[str, dict[str, float]]:
 
 
 @pytest.fixture
-def plat(tmp_path: Path) -> Platform:
-    return make_platform(
-        f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path, spec_dict(), ["ada", "bob", "cyd", "dan"]
-    )
+def plat(db_url: str, tmp_path: Path) -> Platform:
+    return make_platform(db_url, tmp_path, spec_dict(), ["ada", "bob", "cyd", "dan"])
 
 
 def _board(p: Platform, **kw: object) -> Leaderboard:
@@ -65,20 +63,15 @@ def test_ranks_intervals_and_ties(plat: Platform) -> None:
     assert ada.score == pytest.approx(0.75) and ada.metrics == {"dice": pytest.approx(0.75)}
 
 
-def test_best_or_latest_per_team(tmp_path: Path) -> None:
-    for mode, expected in (("best", 0.75), ("latest", 0.6)):
-        p = make_platform(
-            f"sqlite:///{tmp_path / f'{mode}.sqlite'}",
-            tmp_path / mode,
-            spec_dict(best_or_latest=mode),
-            ["ada", "bob"],
-        )
-        add_scored(p, "ada", _cases(A), at=T0)
-        add_scored(p, "ada", _cases([0.6] * 4), at=T0 + dt.timedelta(hours=1))
-        add_scored(p, "bob", _cases(B), at=T0)
-        rows = {r.team: r for r in _board(p).rows}
-        assert rows["ada"].primary == pytest.approx(expected), mode
-        assert len(_board(p).rows) == 2
+@pytest.mark.parametrize(("mode", "expected"), [("best", 0.75), ("latest", 0.6)])
+def test_best_or_latest_per_team(db_url: str, tmp_path: Path, mode: str, expected: float) -> None:
+    p = make_platform(db_url, tmp_path, spec_dict(best_or_latest=mode), ["ada", "bob"])
+    add_scored(p, "ada", _cases(A), at=T0)
+    add_scored(p, "ada", _cases([0.6] * 4), at=T0 + dt.timedelta(hours=1))
+    add_scored(p, "bob", _cases(B), at=T0)
+    rows = {r.team: r for r in _board(p).rows}
+    assert rows["ada"].primary == pytest.approx(expected), mode
+    assert len(_board(p).rows) == 2
 
 
 def test_lower_is_better_best_pick_and_single_team(plat: Platform) -> None:

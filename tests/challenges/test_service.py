@@ -192,6 +192,10 @@ def test_cli_validate_create_update_show(
     from medarena.cli.main import app
 
     monkeypatch.setenv("MEDARENA_DATA_DIR", str(catalogue.settings.data_dir))
+    if catalogue.settings.database_url:  # the PostgreSQL world
+        monkeypatch.setenv("MEDARENA_DATABASE_URL", catalogue.settings.database_url)
+        assert catalogue.settings.secret_key is not None
+        monkeypatch.setenv("MEDARENA_SECRET_KEY", catalogue.settings.secret_key.get_secret_value())
     runner = CliRunner()
     good = tmp_path / "spec.yaml"
     good.write_text(spec_yaml)

@@ -49,9 +49,9 @@ def _csv(rows: list[tuple[str, str]]) -> str:
 GOOD = _zip({"preds/age.csv": _csv([(c, "50") for c in VAL])})
 
 
-def _platform(tmp_path: Path, url: str | None = None, **phase: Any) -> Platform:
+def _platform(tmp_path: Path, url: str, **phase: Any) -> Platform:
     p = make_platform(
-        url or f"sqlite:///{tmp_path / 'db.sqlite'}",
+        url,
         tmp_path,
         spec_dict(**phase),
         ["ada", "bob"],
@@ -84,8 +84,8 @@ def _nothing_stored(p: Platform) -> None:
     assert list(p.store.iter_digests()) == []
 
 
-def test_good_archive_is_stored_and_queued(tmp_path: Path) -> None:
-    p = _platform(tmp_path)
+def test_good_archive_is_stored_and_queued(db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, db_url)
     sub = _submit(p, GOOD)
     assert sub.status == "queued" and sub.archive_size == len(GOOD)
     assert p.store.get_bytes(sub.archive_digest) == GOOD
@@ -109,9 +109,9 @@ def test_good_archive_is_stored_and_queued(tmp_path: Path) -> None:
     ],
 )
 def test_wrong_case_ids_and_values_refused(
-    tmp_path: Path, rows: list[tuple[str, str]], expected: str
+    db_url: str, tmp_path: Path, rows: list[tuple[str, str]], expected: str
 ) -> None:
-    p = _platform(tmp_path)
+    p = _platform(tmp_path, db_url)
     with pytest.raises(SubmissionRefused) as info:
         _submit(p, _zip({"age.csv": _csv(rows)}))
     assert any(expected in prob for prob in info.value.problems), info.value.problems
@@ -119,8 +119,8 @@ def test_wrong_case_ids_and_values_refused(
     _nothing_stored(p)
 
 
-def test_unsafe_or_empty_archive_refused(tmp_path: Path) -> None:
-    p = _platform(tmp_path)
+def test_unsafe_or_empty_archive_refused(db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, db_url)
     with pytest.raises(ArchiveError, match="climbs out"):
         _submit(p, _zip({"../age.csv": _csv([(c, "1") for c in VAL])}))
     with pytest.raises(ArchiveError, match="empty archive"):
@@ -132,15 +132,15 @@ def test_unsafe_or_empty_archive_refused(tmp_path: Path) -> None:
     _nothing_stored(p)
 
 
-def test_upload_larger_than_phase_limit(tmp_path: Path) -> None:
-    p = _platform(tmp_path, max_upload_mb=0.0001)  # 104 bytes
+def test_upload_larger_than_phase_limit(db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, db_url, max_upload_mb=0.0001)  # 104 bytes
     with pytest.raises(InputError, match="larger than this phase's limit"):
         _submit(p, GOOD + bytes(200))
     _nothing_stored(p)
 
 
-def test_phase_not_open_and_requires_earlier_phase(tmp_path: Path) -> None:
-    p = _platform(tmp_path)
+def test_phase_not_open_and_requires_earlier_phase(db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, db_url)
     late = dt.datetime.now(dt.UTC) + dt.timedelta(days=1, hours=1)
     with pytest.raises(InputError, match="closed at"):
         _submit(p, GOOD, now=late)
@@ -159,8 +159,8 @@ def test_phase_not_open_and_requires_earlier_phase(tmp_path: Path) -> None:
     assert sub.phase_slug == "final"
 
 
-def test_membership_and_rules_required(tmp_path: Path) -> None:
-    p = _platform(tmp_path)
+def test_membership_and_rules_required(db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, db_url)
     with p.sessions() as s, s.begin():
         stranger = User(email="x@example.org", display_name="x", password_hash="x")
         s.add(stranger)
@@ -170,10 +170,10 @@ def test_membership_and_rules_required(tmp_path: Path) -> None:
         _submit(p, GOOD, user_id=uid)
 
 
-def test_daily_and_total_limits(tmp_path: Path) -> None:
+def test_daily_and_total_limits(db_url: str, tmp_path: Path) -> None:
     t0 = dt.datetime.now(dt.UTC)
     closes = (t0 + dt.timedelta(days=1, hours=1)).isoformat()
-    p = _platform(tmp_path, submissions_per_day=2, submissions_total=3, closes=closes)
+    p = _platform(tmp_path, db_url, submissions_per_day=2, submissions_total=3, closes=closes)
     _submit(p, GOOD, now=t0)
     _submit(p, GOOD, now=t0 + dt.timedelta(minutes=1))
     with pytest.raises(LimitReached, match="last 24 hours"):
@@ -197,7 +197,7 @@ def test_daily_and_total_limits(tmp_path: Path) -> None:
 
 def test_two_uploads_race_for_the_last_slot(db_url: str, tmp_path: Path) -> None:
     """Both pass the early checks; under the team lock exactly one takes the slot."""
-    p = _platform(tmp_path, url=db_url, submissions_total=1)
+    p = _platform(tmp_path, db_url, submissions_total=1)
     with p.sessions() as s:
         user = s.get(User, p.users["ada"])
         assert user is not None
@@ -225,8 +225,8 @@ def test_two_uploads_race_for_the_last_slot(db_url: str, tmp_path: Path) -> None
     assert _count(p, Submission) == 1 and _count(p, Job) == 1
 
 
-def test_rescore_phase_queues_once_per_spec_revision(tmp_path: Path) -> None:
-    p = _platform(tmp_path)
+def test_rescore_phase_queues_once_per_spec_revision(db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, db_url)
     for team in ("ada", "bob"):
         add_scored(
             p, team, {"c3": {"abs_error": 1.0}}, track="age", primary="abs_error", task="regression"

@@ -30,13 +30,12 @@ def _zip(text: str) -> bytes:
     return buf.getvalue()
 
 
-def test_upload_status_result_and_board(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    p = make_platform(url, tmp_path, spec_dict(), ["ada", "bob"])
+def test_upload_status_result_and_board(db_url: str, tmp_path: Path) -> None:
+    p = make_platform(db_url, tmp_path, spec_dict(), ["ada", "bob"])
     add_table_dataset(p, {f"c{i}": 40.0 + i for i in range(1, 9)})
-    settings = get_settings(data_dir=tmp_path, database_url=url)
+    settings = get_settings(data_dir=tmp_path, database_url=db_url, secret_key="s" * 48)
     p.store = open_store(settings)  # the store the worker opens from the settings
-    cat = Catalogue(settings, create_engine_for(url), p.sessions, p.store)
+    cat = Catalogue(settings, create_engine_for(db_url), p.sessions, p.store)
     tokens = {}
     with p.sessions() as s, s.begin():
         for team in ("ada", "bob"):
