@@ -1,0 +1,1 @@
+"""Demo data for `medarena demo`: real anatomy from installed packages, exact synthetic findings."""

@@ -1,0 +1,245 @@
+"""What every demo generator shares: its result record, subject metadata and byte-stable writers.
+
+Determinism: every random draw comes from ``numpy.random.default_rng`` seeded by the
+generator's seed and the case index; NIfTI files are gzip-compressed with a zero timestamp
+and no file name in the gzip header, and CSV rows are sorted, so the same seed gives the same
+bytes.
+
+Layout written by :func:`write_msd_layout` (accepted as is by ``medarena ingest``, see
+docs/data-hub.md): ``dataset.json``, ``imagesTr/<case>_<channel>.nii.gz``,
+``labelsTr/<case>.nii.gz``, ``imagesTs/…``, ``labelsTs/…`` and ``metadata.csv`` with the
+ingest attribute columns ``case_id, sex, age, site, manufacturer``. Case ids never end in
+``_NNNN`` (that suffix is the channel number).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+from numpy.typing import NDArray
+
+from medarena.errors import InputError
+
+Size = Literal["demo", "tiny"]
+SIZES: tuple[str, ...] = ("demo", "tiny")
+METADATA_COLUMNS = ("case_id", "sex", "age", "site", "manufacturer")
+
+
+@dataclass(frozen=True)
+class GeneratedTrack:
+    """What a generator wrote, to be shown wherever the data is shown.
+
+    ``ingest_dir`` is the folder ``medarena ingest`` takes as is; ``reference`` is what
+    ``medarena evaluate --task <task> --reference`` takes for the test cases (a folder or a
+    CSV, in the task's format); ``files`` are paths relative to ``root``.
+    """
+
+    track: str
+    task: str
+    task_config: Mapping[str, Any]
+    root: Path
+    ingest_dir: Path
+    reference: Path
+    train_ids: tuple[str, ...]
+    test_ids: tuple[str, ...]
+    files: tuple[str, ...]
+    channels: tuple[str, ...]
+    label_names: Mapping[str, str]
+    real_parts: tuple[str, ...]
+    synthetic_parts: tuple[str, ...]
+    seed: int
+    size: str
+    notes: Mapping[str, Any] = field(default_factory=dict)
+
+    def manifest(self) -> dict[str, Any]:
+        """A JSON-ready description (paths relative to ``root``)."""
+        d = asdict(self)
+        d["root"] = "."
+        d["ingest_dir"] = str(self.ingest_dir.relative_to(self.root))
+        d["reference"] = str(self.reference.relative_to(self.root))
+        return d
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Metadata of one generated case (the columns ingest records as case attributes)."""
+
+    case_id: str
+    sex: str
+    age: int
+    site: str
+    manufacturer: str
+    test: bool
+
+
+def check_args(n_train: int, n_test: int, seed: int, size: str) -> None:
+    """Refuse counts, seeds and sizes a generator cannot honour, naming the field."""
+    for name, value in (("n_train", n_train), ("n_test", n_test)):
+        if not isinstance(value, int) or value < 0:
+            raise InputError(f"{name} must be a non-negative whole number", value=value)
+    if n_train + n_test == 0:
+        raise InputError("n_train + n_test must be at least 1", value=(n_train, n_test))
+    if not isinstance(seed, int) or seed < 0:
+        raise InputError("seed must be a non-negative whole number", value=seed)
+    if size not in SIZES:
+        raise InputError(f"size must be one of {', '.join(SIZES)}", value=size)
+
+
+def case_rng(seed: int, track: str, index: int) -> np.random.Generator:
+    """The random stream of one case: independent of the other cases and of the case count."""
+    salt = int.from_bytes(track.encode()[:8].ljust(8, b"\0"), "little")
+    return np.random.default_rng([seed, salt, index])
+
+
+def draw_subjects(
+    seed: int,
+    track: str,
+    prefix: str,
+    n_train: int,
+    n_test: int,
+    sites: Mapping[str, str],
+    age_range: tuple[int, int] = (25, 85),
+) -> list[Subject]:
+    """Sex, age and a site (with its scanner vendor) for each case, cycling over the sites.
+
+    Sites are assigned in turn so every site appears in both subsets when there are enough
+    cases; ``sites`` maps a site name to its scanner manufacturer.
+    """
+    names = sorted(sites)
+    out = []
+    for i in range(n_train + n_test):
+        rng = case_rng(seed, track + "/meta", i)
+        site = names[i % len(names)]
+        out.append(
+            Subject(
+                case_id=f"{prefix}-{i + 1:04d}",
+                sex="F" if rng.random() < 0.5 else "M",
+                age=int(rng.integers(age_range[0], age_range[1] + 1)),
+                site=site,
+                manufacturer=sites[site],
+                test=i >= n_train,
+            )
+        )
+    return out
+
+
+def nifti_bytes(array: NDArray[Any], spacing: Sequence[float]) -> bytes:
+    """A gzip-compressed NIfTI-1 file with a fixed header (diagonal affine in mm, no text)."""
+    affine = np.diag([*(float(s) for s in spacing[:3]), 1.0])
+    img = nib.Nifti1Image(np.asarray(array), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    raw = img.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+def write_nifti(path: Path, array: NDArray[Any], spacing: Sequence[float]) -> Path:
+    """Write :func:`nifti_bytes` to ``path`` (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(nifti_bytes(array, spacing))
+    return path
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """A CSV with ``\\n`` line endings and rows sorted, so its bytes depend only on the data."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(sorted([_cell(v) for v in row] for row in rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    return path
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def write_metadata(path: Path, subjects: Sequence[Subject]) -> Path:
+    """``metadata.csv``: the ingest attribute columns of every case."""
+    return write_csv(
+        path,
+        METADATA_COLUMNS,
+        [(s.case_id, s.sex, s.age, s.site, s.manufacturer) for s in subjects],
+    )
+
+
+def write_msd_layout(
+    ingest_dir: Path,
+    *,
+    name: str,
+    description: str,
+    channels: Sequence[str],
+    label_names: Mapping[str, str],
+    subjects: Sequence[Subject],
+    images: Mapping[str, Sequence[NDArray[Any]]],
+    labels: Mapping[str, NDArray[Any]],
+    spacing: Sequence[float],
+) -> list[Path]:
+    """Write a Medical Segmentation Decathlon folder with test labels in ``labelsTs``.
+
+    ``images[case_id]`` holds one array per channel, ``labels[case_id]`` the label map.
+    """
+    written: list[Path] = []
+    for s in subjects:
+        img_dir, lab_dir = ("imagesTs", "labelsTs") if s.test else ("imagesTr", "labelsTr")
+        for ch, arr in enumerate(images[s.case_id]):
+            written.append(
+                write_nifti(ingest_dir / img_dir / f"{s.case_id}_{ch:04d}.nii.gz", arr, spacing)
+            )
+        written.append(
+            write_nifti(ingest_dir / lab_dir / f"{s.case_id}.nii.gz", labels[s.case_id], spacing)
+        )
+    train = [s.case_id for s in subjects if not s.test]
+    test = [s.case_id for s in subjects if s.test]
+    meta = {
+        "name": name,
+        "description": description,
+        "tensorImageSize": "3D",
+        "modality": {str(i): c for i, c in enumerate(channels)},
+        "labels": dict(label_names),
+        "numTraining": len(train),
+        "numTest": len(test),
+        "training": [
+            {"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in train
+        ],
+        "test": [f"./imagesTs/{c}.nii.gz" for c in test],
+    }
+    js = ingest_dir / "dataset.json"
+    js.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    written.append(js)
+    written.append(write_metadata(ingest_dir / "metadata.csv", subjects))
+    return written
+
+
+def finish(track: GeneratedTrack) -> GeneratedTrack:
+    """Write ``track.json`` (the manifest) next to the data and return the track."""
+    path = track.root / "track.json"
+    path.write_text(json.dumps(track.manifest(), indent=2, sort_keys=True) + "\n")
+    return track
+
+
+def relative_files(root: Path) -> tuple[str, ...]:
+    """Every file under ``root`` as a sorted tuple of relative paths."""
+    return tuple(sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()))
+
+
+def ball(
+    shape: Sequence[int], centre: Sequence[float], radius_vox: Sequence[float]
+) -> NDArray[np.bool_]:
+    """Voxels whose centres lie inside the ellipsoid (centre and semi-axes in voxels)."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    d = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radius_vox, strict=True))
+    return np.asarray(d <= 1.0)
