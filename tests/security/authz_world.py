@@ -1,0 +1,338 @@
+"""A real challenge world for the authorization sweep, and the secrets it holds.
+
+Built on the challenge tests' catalogue (dataset ``brain``, split ``challenge`` with a
+hidden ``test`` subset) and spec (tracks ``seg`` and ``grade``; phase ``preliminary``
+scores the public ``validation`` subset on a public board, phase ``final`` scores the
+hidden ``test`` subset on a board private until close). An organizer (not a platform
+admin: the role is what grants access), team A (ann) and team B (ben), each with scored
+submissions to both tracks and phases, uploaded through the API and scored by a real
+worker, so result files, stored archives, per-case results and boards exist.
+
+Secrets are sentinels chosen to be unique in any response body:
+
+- grade labels and per-case errors are multiples of 1/64 (|prediction - label| is then
+  exact) with at least four significant digits, so ``repr`` and ``%.4g`` renderings
+  (JSON, CSV, the leaderboard page) are both distinctive;
+- segmentation predictions add k extra voxels (k odd, never one three times another) to
+  the reference, so each case's Dice 2n / (2n + k) is a distinct long decimal;
+- hidden reference label files are searched by their bytes and object digests, and their
+  slices as the viewer's reference-overlay PNGs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import shutil
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from medarena.accounts.tokens import create_token
+from medarena.challenges import service, teams, viewer
+from medarena.challenges.scoring import HANDLERS
+from medarena.challenges.spec import parse_spec
+from medarena.datasets.catalogue import Catalogue
+from medarena.db.models import Case, Split, SplitAssignment
+from medarena.db.platform_models import Submission, User
+from medarena.evaluation.results import EvaluationResult
+from medarena.jobs import Worker
+from medarena.web.app import create_app
+
+SLUG = "brain-2025"
+PHASES = ("preliminary", "final")
+TRACKS = ("seg", "grade")
+DATASET = "brain"
+# grade labels: the hidden ones are the secret; the others only need to differ from them
+HIDDEN_GRADES = (913.4375, 871.8125)
+PUBLIC_GRADES = (402.5625, 388.6875)
+# per-case absolute errors of each team's grade predictions, per phase (2 cases each)
+GRADE_ERRORS = {
+    ("A", "preliminary"): (17.390625, 23.828125),
+    ("A", "final"): (31.171875, 44.859375),
+    ("B", "preliminary"): (12.984375, 15.734375),
+    ("B", "final"): (52.421875, 61.546875),
+}
+# extra voxels of each team's segmentation per phase and case: odd, no k and 3k pair
+EXTRA_VOXELS = {
+    ("A", "preliminary"): (1, 5),
+    ("A", "final"): (7, 11),
+    ("B", "preliminary"): (13, 17),
+    ("B", "final"): (19, 23),
+}
+LABELLED_SLICE = 1  # axis-2 index where every reference label map has voxels
+
+
+@dataclass
+class Caller:
+    """Someone the sweep calls as: bearer headers (none for anonymous) and what it owns."""
+
+    name: str
+    headers: dict[str, str]
+    user_id: int | None = None
+    team_id: int | None = None
+    spare_token_id: int | None = None  # a token the sweep may revoke without locking it out
+
+
+@dataclass
+class Secrets:
+    """Byte strings that must not reach some callers, each with a label for the report."""
+
+    items: dict[bytes, str] = field(default_factory=dict)
+
+    def add(self, what: str, value: bytes | str) -> None:
+        data = value.encode() if isinstance(value, str) else value
+        assert len(data) >= 5, f"sentinel {what} is too short to be unique: {data!r}"
+        self.items[data] = what
+
+    def add_number(self, what: str, v: float) -> None:
+        self.add(what, repr(v))
+        short = f"{v:.4g}"
+        if len(short) >= 5 and short != repr(v):
+            self.add(f"{what} (%.4g)", short)
+
+
+@dataclass
+class World:
+    """The built world: client, callers, path-parameter values and the secrets."""
+
+    client: TestClient
+    catalogue: Catalogue
+    callers: dict[str, Caller]
+    case_keys: dict[str, list[str]]  # subset -> case keys
+    submissions: dict[tuple[str, str, str], int]  # (team, phase, track) -> id
+    invitation_tokens: dict[str, str]  # team -> plain token
+    invitation_ids: dict[str, int]
+    hidden: Secrets  # nobody but organizers: hidden labels, hidden per-case results
+    private: dict[str, Secrets]  # team -> its results and files, hidden from others
+    hidden_pngs: dict[bytes, str]  # reference-overlay slices of hidden cases
+    team_visible: dict[str, set[bytes]]  # team -> values it legitimately sees
+    spec_yaml: str
+    upload: bytes  # a valid preliminary/grade archive, for the write sweep
+
+    def forbidden(self, caller: str) -> dict[bytes, str]:
+        """Sentinels the caller must never receive."""
+        return forbidden_for(self.hidden, self.private, caller)
+
+
+def forbidden_for(hidden: Secrets, private: dict[str, Secrets], caller: str) -> dict[bytes, str]:
+    """Hidden secrets and other teams' private ones; nothing for organizers."""
+    if caller == "organizer":
+        return {}
+    out = dict(hidden.items)
+    for team, secrets in private.items():
+        if caller != team:
+            out.update(secrets.items)
+    return out
+
+
+def _grades(cat: Catalogue) -> dict[str, list[str]]:
+    """Give every case a grade (hidden ones distinctive); return case keys per subset."""
+    keys: dict[str, list[str]] = {}
+    with cat.sessions() as s, s.begin():
+        rows = s.execute(
+            select(Case, SplitAssignment.subset)
+            .join(SplitAssignment, SplitAssignment.case_id == Case.id)
+            .join(Split, Split.id == SplitAssignment.split_id)
+            .where(Split.name == "challenge")
+            .order_by(Case.case_key)
+        ).all()
+        for case, subset in rows:
+            keys.setdefault(subset, []).append(case.case_key)
+            i = len(keys[subset]) - 1
+            if subset == "test":
+                grade = HIDDEN_GRADES[i]
+                _distinctive_label(cat, case, i)
+            elif subset == "validation":
+                grade = PUBLIC_GRADES[i]
+            else:
+                grade = 100.0 + i
+            case.labels = {**case.labels, "grade": grade}
+    assert len(keys["test"]) == 2 and len(keys["validation"]) == 2, keys
+    return keys
+
+
+def _distinctive_label(cat: Catalogue, case: Case, i: int) -> None:
+    """Replace a hidden case's label map by a pattern no other case has (a staircase)."""
+    (obj,) = [o for o in case.objects if o.role == "label"]
+    ref = nib.Nifti1Image.from_bytes(gzip.decompress(cat.store.get_bytes(obj.digest)))
+    lab = np.zeros(ref.shape, np.uint8)
+    for step in range(3 + i):
+        lab[step % ref.shape[0], : 1 + step % ref.shape[1], LABELLED_SLICE] = 1
+    data = gzip.compress(nib.Nifti1Image(lab, ref.affine).to_bytes(), mtime=0)
+    obj.digest, obj.size = cat.store.put_bytes(data), len(data)
+
+
+def _label_digests(cat: Catalogue, case_keys: Iterable[str]) -> dict[str, str]:
+    with cat.sessions() as s:
+        out: dict[str, str] = {}
+        for case in s.scalars(select(Case).where(Case.case_key.in_(list(case_keys)))):
+            (digest,) = [o.digest for o in case.objects if o.role == "label"]
+            out[case.case_key] = digest
+        return out
+
+
+def _nifti(cat: Catalogue, digest: str, work: Path) -> Path:
+    path = work / f"{digest}.nii.gz"
+    if not path.exists():
+        shutil.copyfile(cat.store.path_of(digest), path)
+    return path
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _seg_archive(
+    cat: Catalogue, labels: dict[str, str], keys: list[str], extra: tuple[int, ...], work: Path
+) -> bytes:
+    members = {}
+    for key, k in zip(keys, extra, strict=True):
+        ref = nib.nifti1.load(_nifti(cat, labels[key], work))
+        pred = np.asarray(ref.dataobj).astype(np.uint8)
+        free = np.argwhere(pred == 0)[:k]
+        pred[tuple(free.T)] = 1
+        members[f"{key}.nii"] = nib.Nifti1Image(pred, ref.affine).to_bytes()
+    return _zip(members)
+
+
+def _grade_archive(grades: dict[str, float], keys: list[str], errors: tuple[float, ...]) -> bytes:
+    rows = ["case_id,grade"] + [
+        f"{key},{grades[key] + e!r}" for key, e in zip(keys, errors, strict=True)
+    ]
+    return _zip({"grade.csv": ("\n".join(rows) + "\n").encode()})
+
+
+def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
+    """Create the challenge, users, teams, invitations, tokens and scored submissions."""
+    work.mkdir(parents=True, exist_ok=True)
+    case_keys = _grades(cat)
+    callers: dict[str, Caller] = {"anonymous": Caller("anonymous", {})}
+    with cat.sessions() as s, s.begin():
+        users = {}
+        for name, email in (("organizer", "olga"), ("A", "ann"), ("B", "ben")):
+            u = User(email=f"{email}@example.org", display_name=email, password_hash="x")
+            s.add(u)
+            s.flush()
+            users[name] = u
+        ch = service.create_challenge(
+            s, parse_spec(spec_yaml, "spec.yaml"), actor_id=users["organizer"].id
+        )
+        invitation_tokens, invitation_ids = {}, {}
+        for name, u in users.items():
+            _, plain = create_token(s, u, "main")
+            spare, _ = create_token(s, u, "spare")
+            caller = Caller(name, {"Authorization": f"Bearer {plain}"}, u.id, None, spare.id)
+            if name != "organizer":
+                service.join_challenge(s, ch, u)
+                team = teams.create_team(s, ch, u, f"Team {name}")
+                inv, token = teams.invite(s, ch, team, u, f"guest-of-{name.lower()}@example.org")
+                invitation_tokens[name], invitation_ids[name] = token, inv.id
+                caller.team_id = team.id
+            callers[name] = caller
+    client = TestClient(create_app(cat.settings, cat), raise_server_exceptions=False)
+
+    with cat.sessions() as s:
+        grades = {c.case_key: float(c.labels["grade"]) for c in s.scalars(select(Case))}
+    labels = _label_digests(cat, case_keys["validation"] + case_keys["test"])
+    subset_of_phase = {"preliminary": "validation", "final": "test"}
+    submissions: dict[tuple[str, str, str], int] = {}
+    worker = Worker(cat.sessions, HANDLERS, settings=cat.settings)
+    for phase in PHASES:  # final needs a scored preliminary submission first
+        keys = case_keys[subset_of_phase[phase]]
+        for team in ("A", "B"):
+            archives = {
+                "seg": _seg_archive(cat, labels, keys, EXTRA_VOXELS[team, phase], work),
+                "grade": _grade_archive(grades, keys, GRADE_ERRORS[team, phase]),
+            }
+            for track, body in archives.items():
+                r = client.post(
+                    f"/api/v1/challenges/{SLUG}/submissions",
+                    params={"phase": phase, "track": track, "filename": f"{team}-{track}.zip"},
+                    content=body,
+                    headers=callers[team].headers,
+                )
+                assert r.status_code == 201, r.text
+                submissions[team, phase, track] = r.json()["id"]
+        worker.run_until_idle()
+
+    hidden, private = Secrets(), {"A": Secrets(), "B": Secrets()}
+    team_visible: dict[str, set[bytes]] = {"A": set(), "B": set()}
+    for i, key in enumerate(case_keys["test"]):
+        hidden.add_number(f"hidden label grade of {key}", HIDDEN_GRADES[i])
+        hidden.add(f"hidden label file digest of {key}", labels[key])
+        hidden.add(f"hidden label file bytes of {key}", cat.store.get_bytes(labels[key]))
+    with cat.sessions() as s:
+        for (team, phase, track), sid in submissions.items():
+            sub = s.get(Submission, sid)
+            assert sub is not None and sub.status == "scored", (team, phase, track, sub)
+            assert sub.result_digest is not None
+            mine = private[team]
+            what = f"team {team} {phase}/{track} submission {sid}"
+            mine.add(f"archive digest of {what}", sub.archive_digest)
+            mine.add(f"archive bytes of {what}", cat.store.get_bytes(sub.archive_digest))
+            mine.add(f"result digest of {what}", sub.result_digest)
+            result = EvaluationResult.model_validate_json(cat.store.get_bytes(sub.result_digest))
+            assert sorted(result.cases) == case_keys[subset_of_phase[phase]], result.cases
+            for key, vals in result.cases.items():
+                for metric, v in vals.items():
+                    if len(repr(v)) < 8:
+                        continue  # too short to be unique (e.g. a Dice of 0.8)
+                    label = f"per-case {metric} of {key} in {what}"
+                    if phase == "final":  # the hidden test subset: organizers only
+                        hidden.add_number(label, v)
+                    else:
+                        mine.add_number(label, v)
+                        team_visible[team].add(repr(v).encode())
+            if phase == "final":
+                # the team's own score on the board private until close
+                assert sub.primary_score is not None
+                mine.add_number(f"private-board score of {what}", sub.primary_score)
+                team_visible[team].add(repr(sub.primary_score).encode())
+    for team in ("A", "B"):
+        errors = GRADE_ERRORS[team, "preliminary"] + GRADE_ERRORS[team, "final"]
+        assert {repr(e).encode() for e in errors} <= set(hidden.items) | set(private[team].items)
+        for key, e in zip(case_keys["validation"] + case_keys["test"], errors, strict=True):
+            private[team].add_number(f"team {team} prediction of {key}", grades[key] + e)
+    # a team's legitimate view must not look like a leak of someone else's secret
+    for team, seen in team_visible.items():
+        assert not seen & set(forbidden_for(hidden, private, team)), team
+
+    hidden_pngs: dict[bytes, str] = {}
+    public_pngs = set()
+    for key, digest in labels.items():
+        path = _nifti(cat, digest, work)
+        for index in range(viewer.volume_shape(path)[2]):
+            png = viewer.label_slice_png(path, 2, index, outline=False)
+            if key in case_keys["test"]:
+                hidden_pngs[png] = f"reference overlay of hidden case {key}, slice {index}"
+            else:
+                public_pngs.add(png)
+    for png in public_pngs:  # e.g. an empty slice looks the same for every case
+        hidden_pngs.pop(png, None)
+    assert len(hidden_pngs) >= 2
+    return World(
+        client,
+        cat,
+        callers,
+        case_keys,
+        submissions,
+        invitation_tokens,
+        invitation_ids,
+        hidden,
+        private,
+        hidden_pngs,
+        team_visible,
+        spec_yaml,
+        _grade_archive(grades, case_keys["validation"], (1.5, 2.5)),
+    )
