@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
 import io
 import sys
 import zipfile
@@ -67,6 +69,17 @@ def test_upload_status_result_and_board(db_url: str, tmp_path: Path) -> None:
     assert [r["team"] for r in board["rows"]] == ["ada", "bob"]
     csv_text = client.get("/api/v1/challenges/demo/leaderboards/prelim/age?format=csv").text
     assert csv_text.splitlines()[1].split(",")[3] == "ada"
+    # Every timestamp the API shows is the same UTC instant, with its offset, on each backend.
+    listed = client.get("/api/v1/challenges/demo/submissions", headers=bob).json()
+    bob_csv = list(csv.DictReader(io.StringIO(csv_text)))[1]
+    stamps = [
+        res["created_at"],
+        listed[0]["created_at"],
+        board["rows"][1]["submitted_at"],
+        bob_csv["submitted_at"],
+    ]
+    parsed = {dt.datetime.fromisoformat(x) for x in stamps}
+    assert len(parsed) == 1 and parsed.pop().utcoffset() == dt.timedelta(0), stamps
     page = client.get("/challenges/demo/leaderboard/prelim/age")
     assert page.status_code == 200 and "ada" in page.text
     cat.close()

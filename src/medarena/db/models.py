@@ -15,13 +15,44 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)  # naive means UTC
+    return value.astimezone(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp that is an aware UTC datetime in Python on every backend.
+
+    SQLite has no time zone type: it stores the wall time, drops the offset and returns
+    naive values, so a value written with another offset would be read (and compared in
+    SQL) as the wrong instant. PostgreSQL answers in the session's TimeZone. Converting
+    to UTC on the way in and out gives one behaviour everywhere.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        return _as_utc(value)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        return _as_utc(value)
 
 
 class Base(DeclarativeBase):
@@ -34,7 +65,7 @@ class Dataset(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # De-identification procedure (name + version) every DICOM object went through.
     deid_procedure: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
@@ -72,7 +103,7 @@ class Case(Base):
     # Case-level labels: class labels or values from a CSV (name -> value).
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     dataset: Mapped[Dataset] = relationship(back_populates="cases")
     objects: Mapped[list[CaseObject]] = relationship(
@@ -111,7 +142,7 @@ class IngestedSource(Base):
     )
     outcome: Mapped[str] = mapped_column(String(16))  # stored | quarantined | rejected
     reason: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Split(Base):
@@ -123,7 +154,7 @@ class Split(Base):
     name: Mapped[str] = mapped_column(String(100))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     hidden_subsets: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     dataset: Mapped[Dataset] = relationship(back_populates="splits")
     assignments: Mapped[list[SplitAssignment]] = relationship(

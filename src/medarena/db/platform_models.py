@@ -13,7 +13,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -24,9 +23,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from medarena.db.models import Base, utcnow
+from medarena.db.models import Base, UTCDateTime, utcnow
 
-_TS = DateTime(timezone=True)
+_TS = UTCDateTime()
 
 
 class User(Base):
