@@ -1,0 +1,123 @@
+"""Glioma demo generator: exact BraTS 2023 labels, four contrasts, ingest, BraTS scorers."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from medarena.config import get_settings
+from medarena.datasets.catalogue import case_records, open_catalogue
+from medarena.datasets.ingest import ingest
+from medarena.demo.generators import glioma
+from medarena.demo.generators.common import GeneratedTrack
+from medarena.evaluation.tasks import score_image_case
+
+
+@pytest.fixture(scope="module")
+def track(tmp_path_factory: pytest.TempPathFactory) -> GeneratedTrack:
+    return glioma.generate(
+        tmp_path_factory.mktemp("glioma"), n_train=4, n_test=2, seed=3, size="tiny"
+    )
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_label_volumes_match_the_inserted_lesions(track: GeneratedTrack) -> None:
+    spacing = track.notes["spacing_mm"]
+    for cid in (*track.train_ids, *track.test_ids):
+        sub = "labelsTr" if cid in track.train_ids else "labelsTs"
+        lab = _load(track.ingest_dir / sub / f"{cid}.nii.gz")
+        assert set(np.unique(lab)) <= {0, 1, 2, 3}
+        recorded = track.notes["cases"][cid]
+        for value, name in ((1, "NCR"), (2, "ED"), (3, "ET")):
+            assert recorded["volume_ml"][name] == pytest.approx(
+                (lab == value).sum() * spacing**3 / 1000.0, abs=1e-3
+            )
+        # every lesion has an enhancing rim and oedema
+        assert (lab == 3).sum() > 0 and (lab == 2).sum() > 0
+        n_et = ndi.label(lab == 3, structure=np.ones((3, 3, 3)))[1]
+        assert n_et >= 1
+        assert n_et <= recorded["lesions"] * 2  # a rim may be cut by the parenchyma mask
+
+
+def test_some_cases_have_two_lesions(tmp_path: Path) -> None:
+    t = glioma.generate(tmp_path, n_train=8, n_test=0, seed=1, size="tiny")
+    counts = [c["lesions"] for c in t.notes["cases"].values()]
+    assert 1 in counts and 2 in counts
+
+
+def test_contrasts_show_the_tumour_compartments(track: GeneratedTrack) -> None:
+    cid = track.train_ids[0]
+    lab = _load(track.ingest_dir / "labelsTr" / f"{cid}.nii.gz")
+    chans = {
+        name: _load(track.ingest_dir / "imagesTr" / f"{cid}_{i:04d}.nii.gz").astype(float)
+        for i, name in enumerate(glioma.CHANNELS)
+    }
+    healthy = (lab == 0) & (chans["T1"] > 500)  # mostly white matter
+    # enhancing tumour lights up on T1ce only; oedema on FLAIR; necrosis dark on T1
+    assert chans["T1ce"][lab == 3].mean() > 1.3 * chans["T1ce"][healthy].mean()
+    assert chans["T1"][lab == 3].mean() < chans["T1ce"][lab == 3].mean() / 1.8
+    assert chans["FLAIR"][lab == 2].mean() > 1.5 * chans["FLAIR"][healthy].mean()
+
+
+def test_brats_scorers_accept_the_labels(track: GeneratedTrack, tmp_path: Path) -> None:
+    cfg = dict(track.task_config)
+    assert track.task == "brats"
+    for cid in track.test_ids:
+        ref = track.reference / f"{cid}.nii.gz"
+        _, perfect, err = score_image_case("brats", cid, str(ref), str(ref), cfg)
+        assert err is None and perfect is not None
+        for region in ("WT", "TC", "ET"):
+            assert perfect[f"{region}/dice"] == 1.0
+            assert perfect[f"{region}/hd95"] == 0.0
+            assert perfect[f"{region}/lesion_dice"] == 1.0
+            assert perfect[f"{region}/lesion_fp"] == 0
+        # perturbed: the enhancing rim relabelled as necrosis and the oedema eroded
+        img = nib.load(ref)
+        lab = np.asarray(img.dataobj).copy()
+        lab[lab == 3] = 1
+        ed = lab == 2
+        lab[ed & ~ndi.binary_erosion(ed)] = 0
+        pred = tmp_path / f"{cid}.nii.gz"
+        nib.save(nib.Nifti1Image(lab, img.affine), pred)
+        _, worse, err = score_image_case("brats", cid, str(ref), str(pred), cfg)
+        assert err is None and worse is not None
+        assert worse["ET/dice"] == 0.0 and worse["ET/lesion_dice"] < 1.0
+        assert worse["WT/dice"] < 1.0 and worse["WT/hd95"] > 0.0
+        assert worse["TC/dice"] == 1.0  # NCR + ET unchanged as a region
+
+
+def test_same_seed_same_bytes(track: GeneratedTrack, tmp_path: Path) -> None:
+    again = glioma.generate(tmp_path, n_train=4, n_test=2, seed=3, size="tiny")
+    assert again.files == track.files
+    for rel in track.files:
+        a, b = (track.root / rel).read_bytes(), (again.root / rel).read_bytes()
+        assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest(), rel
+    other = glioma.generate(tmp_path / "other", n_train=4, n_test=2, seed=4, size="tiny")
+    rel = f"data/labelsTr/{track.train_ids[0]}.nii.gz"
+    assert (other.root / rel).read_bytes() != (track.root / rel).read_bytes()
+
+
+def test_ingest_takes_the_track_as_is(track: GeneratedTrack, tmp_path: Path) -> None:
+    cat = open_catalogue(get_settings(data_dir=tmp_path / "data"))
+    try:
+        summary = ingest(cat, track.ingest_dir, "glioma")
+        assert not summary.issues, summary.issues
+        assert summary.cases_added == 6
+        rows = {r["case_key"]: r for r in case_records(cat, "glioma")}
+    finally:
+        cat.close()
+    assert sorted(rows) == sorted((*track.train_ids, *track.test_ids))
+    for cid, row in rows.items():
+        roles = sorted(o["role"] for o in row["objects"])
+        assert roles == ["image"] * 4 + ["label"], cid
+        assert row["sex"] in ("F", "M") and row["age_years"] is not None
+        assert row["site"] in glioma.SITES
+        assert row["manufacturer"] == glioma.SITES[row["site"]]
