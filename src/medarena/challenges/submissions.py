@@ -616,11 +616,15 @@ def rescore_phase(
     for sub in session.scalars(q):
         if sub.score_revision >= revision:
             continue
+        key = score_dedupe_key(sub.id, revision)
+        queued = select(Job.id).where(Job.kind == SCORE_JOB_KIND, Job.dedupe_key == key)
+        if session.scalar(queued) is not None:  # asked before: count only new jobs
+            continue
         enqueue(
             session,
             SCORE_JOB_KIND,
             {"submission_id": sub.id, "spec_revision": revision},
-            dedupe_key=score_dedupe_key(sub.id, revision),
+            dedupe_key=key,
         )
         n += 1
     audit(

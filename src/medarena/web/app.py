@@ -31,6 +31,7 @@ ROUTER_MODULES = (
     "medarena.web.routes.submissions",
     "medarena.web.routes.leaderboards",
     "medarena.web.routes.viewer",
+    "medarena.web.routes.organizer",
 )
 
 
