@@ -1,0 +1,87 @@
+"""Brain-age demo generator: the documented atrophy model, exact targets, ingest, determinism."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medarena.config import get_settings
+from medarena.datasets.catalogue import case_records, open_catalogue
+from medarena.datasets.ingest import ingest
+from medarena.demo.generators import brain_age
+from medarena.demo.generators.common import GeneratedTrack
+from medarena.demo.generators.mni import mni_path, tissue_maps
+from medarena.evaluation.tasks import RegressionConfig, evaluate_regression
+
+
+@pytest.fixture(scope="module")
+def track(tmp_path_factory: pytest.TempPathFactory) -> GeneratedTrack:
+    return brain_age.generate(
+        tmp_path_factory.mktemp("brain_age"), n_train=4, n_test=2, seed=5, size="tiny"
+    )
+
+
+def test_templates_come_from_the_installed_package() -> None:
+    import nilearn
+
+    assert Path(mni_path("gm")).is_relative_to(Path(nilearn.__file__).parent)
+
+
+def test_atrophy_model_thins_cortex_and_enlarges_ventricles() -> None:
+    template = tissue_maps(6.0)
+    young, old = brain_age.subject_maps(template, 25), brain_age.subject_maps(template, 80)
+    icv = lambda m: float((m.gm + m.wm + m.csf).sum())  # noqa: E731
+    assert icv(old) == pytest.approx(icv(young), rel=1e-4)  # atrophy moves tissue to CSF
+    assert old.gm.sum() < 0.9 * young.gm.sum()
+    assert brain_age.ventricle_volume_ml(old) > 1.4 * brain_age.ventricle_volume_ml(young)
+    faster = brain_age.subject_maps(template, 80, rate=1.5)
+    assert faster.gm.sum() < old.gm.sum()
+    # below 20 years the model does nothing
+    assert np.array_equal(brain_age.subject_maps(template, 20).gm, template.gm)
+
+
+def _rows(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="") as fh:
+        return {r["case_id"]: r for r in csv.DictReader(fh)}
+
+
+def test_target_is_the_age(track: GeneratedTrack) -> None:
+    meta = _rows(track.ingest_dir / "metadata.csv")
+    targets = _rows(track.ingest_dir / "targets.csv")
+    reference = _rows(track.reference)
+    assert sorted(targets) == sorted(meta) == sorted((*track.train_ids, *track.test_ids))
+    assert sorted(reference) == sorted(track.test_ids)  # the hidden reference: test cases only
+    for cid, row in targets.items():
+        assert row["chronological_age"] == meta[cid]["age"]
+        if cid in reference:
+            assert reference[cid]["value"] == meta[cid]["age"]
+    # the reference scores perfectly against itself with the regression task
+    out = evaluate_regression(track.reference, track.reference, RegressionConfig())
+    assert out.dataset_metrics["mae"] == 0.0
+
+
+def test_same_seed_same_bytes(track: GeneratedTrack, tmp_path: Path) -> None:
+    again = brain_age.generate(tmp_path, n_train=4, n_test=2, seed=5, size="tiny")
+    assert again.files == track.files
+    for rel in track.files:
+        assert (again.root / rel).read_bytes() == (track.root / rel).read_bytes(), rel
+
+
+def test_ingest_takes_the_track_as_is(track: GeneratedTrack, tmp_path: Path) -> None:
+    cat = open_catalogue(get_settings(data_dir=tmp_path / "data"))
+    try:
+        summary = ingest(cat, track.ingest_dir, "brain-age")
+        assert not summary.issues, summary.issues
+        assert summary.cases_added == 6
+        rows = {r["case_key"]: r for r in case_records(cat, "brain-age")}
+    finally:
+        cat.close()
+    meta = _rows(track.ingest_dir / "metadata.csv")
+    for cid, row in rows.items():
+        assert row["labels"] == {"chronological_age": int(meta[cid]["age"])}
+        assert row["age_years"] == int(meta[cid]["age"])
+        assert row["sex"] == meta[cid]["sex"]
+        assert row["manufacturer"] == brain_age.SITES[row["site"]]
