@@ -167,12 +167,31 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_metadata(path: Path, subjects: Sequence[Subject]) -> Path:
-    """``metadata.csv``: the ingest attribute columns of every case."""
+def write_metadata(
+    path: Path,
+    subjects: Sequence[Subject],
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """``metadata.csv``: the ingest attribute columns of every case, then ``extra`` columns.
+
+    ``extra[case_id][column]`` become case-level labels at ingest (e.g. a nodule count).
+    """
+    extra = extra or {}
+    cols = sorted({k for row in extra.values() for k in row})
     return write_csv(
         path,
-        METADATA_COLUMNS,
-        [(s.case_id, s.sex, s.age, s.site, s.manufacturer) for s in subjects],
+        [*METADATA_COLUMNS, *cols],
+        [
+            (
+                s.case_id,
+                s.sex,
+                s.age,
+                s.site,
+                s.manufacturer,
+                *(extra.get(s.case_id, {}).get(c, "") for c in cols),
+            )
+            for s in subjects
+        ],
     )
 
 
@@ -186,21 +205,24 @@ def write_msd_layout(
     subjects: Sequence[Subject],
     images: Mapping[str, Sequence[NDArray[Any]]],
     labels: Mapping[str, NDArray[Any]],
-    spacing: Sequence[float],
+    spacing: Sequence[float] | Mapping[str, Sequence[float]],
+    extra_columns: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Path]:
     """Write a Medical Segmentation Decathlon folder with test labels in ``labelsTs``.
 
-    ``images[case_id]`` holds one array per channel, ``labels[case_id]`` the label map.
+    ``images[case_id]`` holds one array per channel, ``labels[case_id]`` the label map;
+    ``spacing`` is one voxel size for all cases or one per case id.
     """
     written: list[Path] = []
     for s in subjects:
+        sp = spacing[s.case_id] if isinstance(spacing, Mapping) else spacing
         img_dir, lab_dir = ("imagesTs", "labelsTs") if s.test else ("imagesTr", "labelsTr")
         for ch, arr in enumerate(images[s.case_id]):
             written.append(
-                write_nifti(ingest_dir / img_dir / f"{s.case_id}_{ch:04d}.nii.gz", arr, spacing)
+                write_nifti(ingest_dir / img_dir / f"{s.case_id}_{ch:04d}.nii.gz", arr, sp)
             )
         written.append(
-            write_nifti(ingest_dir / lab_dir / f"{s.case_id}.nii.gz", labels[s.case_id], spacing)
+            write_nifti(ingest_dir / lab_dir / f"{s.case_id}.nii.gz", labels[s.case_id], sp)
         )
     train = [s.case_id for s in subjects if not s.test]
     test = [s.case_id for s in subjects if s.test]
@@ -220,7 +242,7 @@ def write_msd_layout(
     js = ingest_dir / "dataset.json"
     js.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     written.append(js)
-    written.append(write_metadata(ingest_dir / "metadata.csv", subjects))
+    written.append(write_metadata(ingest_dir / "metadata.csv", subjects, extra_columns))
     return written
 
 
