@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import gzip
 import io
 import itertools
@@ -33,7 +36,6 @@ from starlette.routing import BaseRoute, Mount, Route
 from medarena.challenges.data import DOWNLOAD_KINDS
 from medarena.challenges.viewer import LAYERS
 from medarena.db.models import Base
-from medarena.db.platform_models import Job, Submission
 
 # Tables a request may legitimately write whoever sends it: the audit log (reads of
 # hidden data are audited), login throttling and browser sessions.
@@ -65,7 +67,8 @@ class Call:
 
 def path_values(w: World) -> dict[str, list[Any]]:
     """Values of each path parameter name: the world's slugs, ids, keys and tokens."""
-    cases = w.case_keys["validation"] + w.case_keys["test"] + w.case_keys["train"][:1]
+    # one case of each subset: public (scored by preliminary), hidden (final), training
+    cases = [w.case_keys[subset][0] for subset in ("validation", "test", "train")]
     return {
         "slug": [SLUG],
         "phase": list(PHASES),
@@ -185,7 +188,7 @@ def app_routes(app: FastAPI) -> list[RouteInfo]:
     out = []
     for ctx in iter_route_contexts(app.routes):
         route = ctx.original_route
-        path = ctx.path or getattr(route, "path", "")
+        path = str(ctx.path or getattr(route, "path", ""))
         methods = frozenset(ctx.methods or ())
         out.append(RouteInfo(path, methods, route, getattr(route, "include_in_schema", True)))
     return out
@@ -221,10 +224,8 @@ def route_calls(app: FastAPI, w: World) -> list[Call]:
         for method in sorted(info.methods):
             variants = bodies.get((method, info.path), [{}])
             for fill in itertools.product(*(values[n] for n in path_names)):
-                path = _PARAM.sub(
-                    lambda m, f=dict(zip(path_names, fill, strict=True)): str(f[m.group(1)]),
-                    info.path,
-                )
+                filled = dict(zip(path_names, fill, strict=True))
+                path = _PARAM.sub(lambda m, f=filled: str(f[m.group(1)]), info.path)  # type: ignore[misc]
                 for combo in itertools.product(*choices):
                     params = {k: v for k, v in combo if v is not None}
                     for body in variants if method not in ("GET", "HEAD") else [{}]:
@@ -251,11 +252,18 @@ def send(w: World, caller: Caller, call: Call) -> Any:
 _MAX_DEPTH = 4
 
 
+_DATA_URI = re.compile(rb"data:[\w/+.-]+;base64,([A-Za-z0-9+/=]+)")
+
+
 def blobs(data: bytes, depth: int = 0) -> Iterator[bytes]:
-    """``data`` and, recursively, the members of the archives and gzip streams it is."""
+    """``data`` and, recursively, the members of the archives and gzip streams it is and
+    the base64 ``data:`` URIs it holds (an inline image on a page)."""
     yield data
     if depth >= _MAX_DEPTH:
         return
+    for m in _DATA_URI.finditer(data):
+        with contextlib.suppress(binascii.Error):
+            yield from blobs(base64.b64decode(m.group(1)), depth + 1)
     if data[:4] == b"PK\x03\x04":
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             for info in zf.infolist():
@@ -311,30 +319,49 @@ def snapshot(w: World) -> Snapshot:
     return out
 
 
-def _owned(w: World, caller: Caller, table: str, row: dict[str, Any]) -> bool:
-    """Whether a row belongs to the caller (its account, its team, its submissions)."""
-    if caller.user_id is None:
+@dataclass(frozen=True)
+class _Owner:
+    """What a caller owns across two snapshots: its account, teams and submissions."""
+
+    user_id: int | None
+    team_ids: frozenset[int]
+    submission_ids: frozenset[int]
+
+    @classmethod
+    def of(cls, caller: Caller, *snaps: Snapshot) -> _Owner:
+        teams = {caller.team_id} - {None}
+        for snap in snaps:  # a team the caller is in before or after (created, left)
+            teams |= {
+                r["team_id"]
+                for r in snap["team_members"].values()
+                if r["user_id"] == caller.user_id
+            }
+        subs = {
+            r["id"] for snap in snaps for r in snap["submissions"].values() if r["team_id"] in teams
+        }
+        return cls(caller.user_id, frozenset(t for t in teams if t is not None), frozenset(subs))
+
+    def owns(self, table: str, row: dict[str, Any]) -> bool:
+        if self.user_id is None:
+            return False
+        if table == "users":
+            return row.get("id") == self.user_id
+        if table == "challenge_roles":
+            return False  # a role is granted, never taken
+        if row.get("user_id") == self.user_id:
+            return True
+        if table == "teams":
+            return row.get("id") in self.team_ids
+        if row.get("team_id") in self.team_ids:
+            return True
+        if table == "jobs":
+            return (row.get("payload") or {}).get("submission_id") in self.submission_ids
         return False
-    if table == "users" and row.get("id") == caller.user_id:
-        return True
-    if row.get("user_id") == caller.user_id and table != "challenge_roles":
-        return True
-    if caller.team_id is not None:
-        if table == "teams" and row.get("id") == caller.team_id:
-            return True
-        if row.get("team_id") == caller.team_id:
-            return True
-    if table == "jobs":
-        with w.catalogue.sessions() as s:
-            mine = set(s.scalars(select(Submission.id).where(Submission.team_id == caller.team_id)))
-            job = s.get(Job, row.get("id"))
-            payload = job.payload if job is not None else row.get("payload") or {}
-        return payload.get("submission_id") in mine
-    return False
 
 
-def foreign_changes(w: World, caller: Caller, before: Snapshot, after: Snapshot) -> list[str]:
+def foreign_changes(caller: Caller, before: Snapshot, after: Snapshot) -> list[str]:
     """Rows added, removed or changed between two snapshots that the caller does not own."""
+    owner = _Owner.of(caller, before, after)
     out = []
     for table in after:
         old, new = before.get(table, {}), after[table]
@@ -345,7 +372,7 @@ def foreign_changes(w: World, caller: Caller, before: Snapshot, after: Snapshot)
             if table == "users" and a is None:
                 continue  # signing up is open to anyone
             changed = [k for k in (a or b or {}) if (a or {}).get(k) != (b or {}).get(k)]
-            if all(_owned(w, caller, table, r) for r in (a, b) if r is not None):
+            if all(owner.owns(table, r) for r in (a, b) if r is not None):
                 continue
             kind = "added" if a is None else "removed" if b is None else f"changed {changed}"
             out.append(f"{table} {key} {kind}")

@@ -220,7 +220,7 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
     callers: dict[str, Caller] = {"anonymous": Caller("anonymous", {})}
     with cat.sessions() as s, s.begin():
         users = {}
-        for name, email in (("organizer", "olga"), ("A", "ann"), ("B", "ben")):
+        for name, email in (("organizer", "olga"), ("A", "ann"), ("B", "ben"), ("C", "cid")):
             u = User(email=f"{email}@example.org", display_name=email, password_hash="x")
             s.add(u)
             s.flush()
@@ -235,10 +235,11 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
             caller = Caller(name, {"Authorization": f"Bearer {plain}"}, u.id, None, spare.id)
             if name != "organizer":
                 service.join_challenge(s, ch, u)
-                team = teams.create_team(s, ch, u, f"Team {name}")
-                inv, token = teams.invite(s, ch, team, u, f"guest-of-{name.lower()}@example.org")
+            if name in ("A", "B"):  # C has joined but is in no team
+                row = teams.create_team(s, ch, u, f"Team {name}")
+                inv, token = teams.invite(s, ch, row, u, f"guest-of-{name.lower()}@example.org")
                 invitation_tokens[name], invitation_ids[name] = token, inv.id
-                caller.team_id = team.id
+                caller.team_id = row.id
             callers[name] = caller
     client = TestClient(create_app(cat.settings, cat), raise_server_exceptions=False)
 

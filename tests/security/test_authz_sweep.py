@@ -1,4 +1,5 @@
-"""Authorization sweep: every route and page, as anonymous, team B, team A and organizer.
+"""Authorization sweep: every route and page as anonymous, a participant in no team (C),
+team B, team A and the organizer.
 
 Reads: no response (headers, body, zip/tar/gzip members, PNG slices) carries hidden-split
 labels or per-case results of the hidden split to a participant or anonymous caller, nor
@@ -30,7 +31,7 @@ from fastapi import FastAPI
 
 from medarena.datasets.catalogue import Catalogue
 
-PARTICIPANTS = ("anonymous", "B", "A")
+PARTICIPANTS = ("anonymous", "C", "B", "A")
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_no_read_leaks_hidden_labels_or_other_teams_results(world: World) -> Non
             for label in hits:
                 mine.setdefault(label, call)
             leaks += [f"{name} got {x} from {call} ({r.status_code})" for x in hits & forbidden]
-        changed = foreign_changes(world, world.callers["anonymous"], before, snapshot(world))
+        changed = foreign_changes(world.callers["anonymous"], before, snapshot(world))
         assert not changed, f"reads as {name} changed stored rows: {changed}"
     assert not leaks, "\n".join(sorted(leaks))
     assert not errors, "\n".join(errors)
@@ -121,7 +122,7 @@ def test_no_write_by_anonymous_or_a_team_changes_others_rows(world: World) -> No
         for call in writes:
             before = snapshot(world)
             r = send(world, caller, call)
-            changed = foreign_changes(world, caller, before, snapshot(world))
+            changed = foreign_changes(caller, before, snapshot(world))
             if changed:
                 problems.append(f"{name}: {call} ({r.status_code}) changed {changed}")
             if r.status_code >= 500:
@@ -144,7 +145,7 @@ def test_no_write_by_anonymous_or_a_team_changes_others_rows(world: World) -> No
         ),
     )
     assert r.status_code == 200, r.text
-    assert foreign_changes(world, world.callers["B"], before, snapshot(world))
+    assert foreign_changes(world.callers["B"], before, snapshot(world))
     before = snapshot(world)
     r = send(
         world,
@@ -158,6 +159,6 @@ def test_no_write_by_anonymous_or_a_team_changes_others_rows(world: World) -> No
     )
     after = snapshot(world)
     assert r.status_code == 201 and before != after
-    assert foreign_changes(world, world.callers["A"], before, after) == []
+    assert foreign_changes(world.callers["A"], before, after) == []
     elapsed = time.monotonic() - start
     print(f"write sweep: {len(writes)} requests x {len(PARTICIPANTS)} callers in {elapsed:.1f} s")
