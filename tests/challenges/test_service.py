@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from medarena.accounts.roles import can_organize, can_review, roles_of
 from medarena.challenges import service
 from medarena.challenges.spec import ChallengeSpec, parse_spec
-from medarena.datasets.catalogue import Catalogue
+from medarena.datasets.catalogue import Catalogue, case_records, list_datasets, make_split
+from medarena.datasets.splits import SplitSpec
 from medarena.db.platform_models import AuditEvent, RulesAcceptance, Submission
 from medarena.errors import InputError, NotFoundError
 
@@ -215,3 +217,29 @@ def test_cli_validate_create_update_show(
     assert res.exit_code == 0 and parse_spec(res.output).title == "Brain 2025 (v2)"
     res = runner.invoke(app, ["challenge", "list"])
     assert "brain-2025" in res.output and "preliminary: open" in " ".join(res.output.split())
+
+
+def test_split_names_are_listed_in_order(catalogue: Catalogue) -> None:
+    """Splits made out of alphabetical order are listed by name, whatever plan the database
+    picks: on PostgreSQL index scans are switched off, so rows come in heap order."""
+    if catalogue.engine.dialect.name == "postgresql":
+
+        @event.listens_for(catalogue.engine, "connect")
+        def _heap_order(dbapi_conn: Any, _record: Any) -> None:
+            with dbapi_conn.cursor() as cur:
+                for scan in ("indexscan", "indexonlyscan", "bitmapscan"):
+                    cur.execute(f"SET enable_{scan} = off")
+
+        catalogue.engine.dispose()  # new connections get the settings
+    for name in ("zeta", "alpha"):
+        make_split(
+            catalogue,
+            "brain",
+            SplitSpec(name=name, ratios=(0.5, 0.5, 0.0), group_by=None, hidden=("test",)),
+        )
+    names = ["alpha", "challenge", "zeta"]
+    assert next(d for d in list_datasets(catalogue) if d.name == "brain").splits == names
+    assert all(list(r["splits"]) == names for r in case_records(catalogue, "brain"))
+    with catalogue.session() as s, pytest.raises(InputError) as info:
+        service.subset_info(s, "brain", "other", "test")
+    assert "splits: alpha, challenge, zeta" in str(info.value)

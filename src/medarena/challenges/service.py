@@ -83,7 +83,9 @@ def subset_info(session: Session, dataset: str, split: str, subset: str) -> Subs
         select(Split).where(Split.dataset_id == ds.id, Split.name == split)
     ).one_or_none()
     if sp is None:
-        known = session.scalars(select(Split.name).where(Split.dataset_id == ds.id)).all()
+        known = session.scalars(
+            select(Split.name).where(Split.dataset_id == ds.id).order_by(Split.name)
+        ).all()
         raise InputError(
             f"dataset {dataset!r} has no such split; splits: {', '.join(known) or '(none)'}",
             value=split,

@@ -88,7 +88,9 @@ def list_datasets(cat: Catalogue) -> list[DatasetSummary]:
         ).all()
         out = []
         for ds, n in rows:
-            splits = s.scalars(select(Split.name).where(Split.dataset_id == ds.id)).all()
+            splits = s.scalars(
+                select(Split.name).where(Split.dataset_id == ds.id).order_by(Split.name)
+            ).all()
             out.append(
                 DatasetSummary(ds.name, ds.description, n, ds.created_at.isoformat(), list(splits))
             )
@@ -110,6 +112,7 @@ def case_records(cat: Catalogue, name: str) -> list[dict[str, Any]]:
             select(Split.name, SplitAssignment.case_id, SplitAssignment.subset)
             .join(Split, Split.id == SplitAssignment.split_id)
             .where(Split.dataset_id == ds.id)
+            .order_by(Split.name)
         ):
             subsets.setdefault(case_id, {})[split_name] = subset
         return [
