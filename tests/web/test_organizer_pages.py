@@ -121,6 +121,19 @@ def world(db_url: str, tmp_path: Path) -> Iterator[World]:
     cat.close()
 
 
+def _login(w: World, user_id: int) -> Browser:
+    """A new browser logged in as ``user_id`` on the world's app."""
+    app = w.org.client.app
+    with w.p.sessions() as s, s.begin():
+        user = s.get(User, user_id)
+        assert user is not None
+        row, sid = create_web_session(s, user)
+        csrf = row.csrf_token
+    client = TestClient(app, follow_redirects=False)
+    client.cookies.set("medarena_session", sign_session_id(app.state.settings.secret, sid))
+    return Browser(client, csrf, user_id)
+
+
 def _row(html: str, attr: str) -> str:
     """The <tr ...> element carrying ``attr`` (e.g. ``data-phase="prelim"``)."""
     match = re.search(rf"<tr {attr}>(.*?)</tr>", html, re.S)
@@ -143,6 +156,8 @@ def test_pages_render_the_challenge_for_its_organizer(world: World) -> None:
     dash = org.get("/challenges/demo/organize")
     assert dash.status_code == 200
     prelim = _row(dash.text, 'data-phase="prelim"')
+    opens = world.p.spec.phase("prelim").opens.astimezone(dt.UTC)
+    assert opens.strftime("%Y-%m-%d %H:%M UTC") in prelim
     assert 'data-status="scored">2<' in prelim and 'data-status="failed">1<' in prelim
     final = _row(dash.text, 'data-phase="final"')
     assert 'data-status="scored">1<' in final and 'data-status="queued">0<' in final
@@ -219,6 +234,17 @@ def test_role_change_is_stored_and_audited(world: World) -> None:
         f"user:{bob}",
         {"role": "reviewer"},
     )
+    # A reviewer reads the pages but gets no form, and a change is refused.
+    reviewer = _login(world, bob)
+    people = reviewer.client.get(url)
+    assert people.status_code == 200 and "changes are for its organizers" in people.text
+    assert 'action="/challenges/demo/organize/participants"' not in people.text
+    assert 'name="phase"' not in reviewer.client.get("/challenges/demo/organize/phases").text
+    refused = reviewer.client.post(
+        url,
+        data={"action": "grant", "role": "organizer", "user_id": bob, "csrf_token": reviewer.csrf},
+    )
+    assert refused.status_code == 403
     users = org.client.get("/api/v1/challenges/demo/participants").json()["users"]
     assert next(u for u in users if u["user_id"] == bob)["roles"] == ["reviewer", "participant"]
     # Refusals name the field and value; nothing changes.

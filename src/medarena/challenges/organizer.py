@@ -269,6 +269,11 @@ def form_value(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M")
 
 
+def display_time(t: dt.datetime) -> str:
+    """A phase time for reading: UTC, to the minute."""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _keep_unchanged(new: dt.datetime, old: dt.datetime) -> dt.datetime:
     # The form shows times to the minute: a value sent back as shown is the stored one,
     # not a change that drops its seconds.

@@ -139,7 +139,14 @@ def dashboard(
     counts = organizer.submission_counts(db, ch.id)
     now = dt.datetime.now(dt.UTC)
     phases = [
-        {"phase": p, "state": p.state(now), "counts": counts.get(p.slug, {})} for p in spec.phases
+        {
+            "phase": p,
+            "state": p.state(now),
+            "counts": counts.get(p.slug, {}),
+            "opens": organizer.display_time(p.opens),
+            "closes": organizer.display_time(p.closes),
+        }
+        for p in spec.phases
     ]
     return _page(
         request,
@@ -260,6 +267,7 @@ def _phases_page(
             {
                 "phase": p,
                 "state": p.state(now),
+                "shown": (organizer.display_time(p.opens), organizer.display_time(p.closes)),
                 "opens": mine.get("opens", organizer.form_value(p.opens)),
                 "closes": mine.get("closes", organizer.form_value(p.closes)),
             }
