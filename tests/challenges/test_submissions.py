@@ -196,33 +196,43 @@ def test_daily_and_total_limits(db_url: str, tmp_path: Path) -> None:
 
 
 def test_two_uploads_race_for_the_last_slot(db_url: str, tmp_path: Path) -> None:
-    """Both pass the early checks; under the team lock exactly one takes the slot."""
+    """Both pass the early checks; under the team lock exactly one takes the slot.
+
+    Two teams race at once (four threads), so each run is two races, and one team's lock
+    does not take the other team's slot.
+    """
     p = _platform(tmp_path, db_url, submissions_total=1)
+    racers: list[tuple[str, Any]] = []
     with p.sessions() as s:
-        user = s.get(User, p.users["ada"])
-        assert user is not None
-        targets = [check_can_submit(s, "demo", "age", "prelim", user) for _ in range(2)]
-    barrier = threading.Barrier(2)
-    outcomes: list[str] = []
+        for team in ("ada", "bob"):
+            user = s.get(User, p.users[team])
+            assert user is not None
+            racers += [(team, check_can_submit(s, "demo", "age", "prelim", user)) for _ in "12"]
+    barrier = threading.Barrier(len(racers))
+    outcomes: dict[str, list[str]] = {"ada": [], "bob": []}
     lock = threading.Lock()
 
     def race(i: int) -> None:
+        team, target = racers[i]
         barrier.wait()
         try:
-            insert_submission(p.sessions, targets[i], p.users["ada"], f"p{i}.zip", "0" * 64, 1)
+            insert_submission(p.sessions, target, p.users[team], f"p{i}.zip", "0" * 64, 1)
             result = "ok"
         except LimitReached:
             result = "limit"
         with lock:
-            outcomes.append(result)
+            outcomes[team].append(result)
 
-    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(racers))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert sorted(outcomes) == ["limit", "ok"]
-    assert _count(p, Submission) == 1 and _count(p, Job) == 1
+    assert {team: sorted(o) for team, o in outcomes.items()} == {
+        "ada": ["limit", "ok"],
+        "bob": ["limit", "ok"],
+    }
+    assert _count(p, Submission) == 2 and _count(p, Job) == 2
 
 
 def test_rescore_phase_queues_once_per_spec_revision(db_url: str, tmp_path: Path) -> None:
