@@ -25,8 +25,10 @@ differ by site, so the dose shape and its predictability differ by site.
 Limits: no scatter, no heterogeneity beyond depth scaling, no inverse optimisation, one dose
 level (PTV70 only); OAR sparing is not modelled, so OAR doses follow geometry alone.
 
-Output: ``ingest/`` (MSD layout: channel 0 CT in HU, 1 possible-dose mask, 2… one mask per
-ROI; label = dose in cGy, uint16) and ``reference/<case>/`` for the test cases in the
+Output: ``ingest/`` (MSD layout: channel 0 CT in HU, 1 possible-dose mask, 2 the ROIs as
+bits of one uint8 map, bit k = ``ROIS[k]`` (PTV70, then the OARs in OpenKBP's order), so
+overlapping ROIs survive and no two channels are identical files; label = dose in cGy,
+uint16) and ``reference/<case>/`` for the test cases in the
 layout ``medarena evaluate --task dose`` reads (dose.nii.gz in Gy, possible_dose_mask.nii.gz,
 <ROI>.nii.gz).
 """
@@ -105,19 +107,23 @@ def _anatomy(
     ct[canal] = 20.0
     top = z.max()
     rois: dict[str, NDArray[np.bool_]] = {}
-    cord = ((xx / 4.5) ** 2 + ((yy - canal_y) / 4.5) ** 2 <= 1.0) & (zz < 0.75 * top)
+    # Thin structures keep at least a voxel's width on coarse grids (the "tiny" size).
+    thin = max(4.5, 0.6 * max(sx, sy))
+    cord = ((xx / thin) ** 2 + ((yy - canal_y) / thin) ** 2 <= 1.0) & (zz < 0.75 * top)
     rois["SpinalCord"] = cord
     rois["Brainstem"] = (xx / 10) ** 2 + ((yy - canal_y - 4) / 10) ** 2 + (
         (zz - 0.87 * top) / (0.12 * top)
     ) ** 2 <= 1.0
     ey = vy + 18
-    rois["Esophagus"] = ((xx / 6) ** 2 + ((yy - ey) / 5) ** 2 <= 1.0) & (zz < 0.55 * top)
+    rois["Esophagus"] = ((xx / max(6.0, thin)) ** 2 + ((yy - ey) / thin) ** 2 <= 1.0) & (
+        zz < 0.55 * top
+    )
     ly = ey + rng.uniform(14, 20)
     larynx = (xx / 14) ** 2 + ((yy - ly) / 11) ** 2 + ((zz - 0.5 * top) / (0.15 * top)) ** 2 <= 1
     rois["Larynx"] = larynx
     ct[(xx / 5) ** 2 + ((yy - ly) / 4) ** 2 + ((zz - 0.5 * top) / (0.13 * top)) ** 2 <= 1] = -900
     r_man = 0.62 * ay
-    ring = np.abs(np.sqrt(xx**2 + (yy - 0.05 * ay) ** 2) - r_man) <= 4.5
+    ring = np.abs(np.sqrt(xx**2 + (yy - 0.05 * ay) ** 2) - r_man) <= thin
     mandible = ring & (yy > 0.05 * ay) & (zz > 0.78 * top) & body
     rois["Mandible"] = mandible
     ct[mandible] = 800.0
@@ -174,6 +180,14 @@ def beam_dose(
     return total
 
 
+def structure_bits(rois: dict[str, NDArray[np.bool_]]) -> NDArray[np.uint8]:
+    """All ROI masks in one uint8 map: bit k is set where ``ROIS[k]`` is (overlaps kept)."""
+    out = np.zeros(next(iter(rois.values())).shape, np.uint8)
+    for k, name in enumerate(ROIS):
+        out |= rois[name].astype(np.uint8) << k
+    return out
+
+
 def normalise_to_prescription(dose: NDArray[np.float64], target: NDArray[np.bool_]) -> NDArray[Any]:
     """Scale so the target's D95 (OpenKBP: 5th percentile) equals the prescription."""
     d95 = float(np.percentile(dose[target], 5.0))
@@ -209,11 +223,7 @@ def generate(
         d95s[s.case_id] = float(np.percentile(dose_gy[rois[TARGET]], 5.0))
         ct_noisy = ct + rng.normal(0.0, noise, shape).astype(np.float32) * body
         ct_i = np.rint(ct_noisy).astype(np.int16)
-        images[s.case_id] = [
-            ct_i,
-            body.astype(np.uint8),
-            *(rois[r].astype(np.uint8) for r in ROIS),
-        ]
+        images[s.case_id] = [ct_i, body.astype(np.uint8), structure_bits(rois)]
         labels[s.case_id] = cgy
         if s.test:
             case_dir = ref_dir / s.case_id
@@ -221,7 +231,7 @@ def generate(
             write_nifti(case_dir / "possible_dose_mask.nii.gz", body.astype(np.uint8), spacing)
             for r in ROIS:
                 write_nifti(case_dir / f"{r}.nii.gz", rois[r].astype(np.uint8), spacing)
-    channels = ("CT", "possible_dose_mask", *ROIS)
+    channels = ("CT", "possible_dose_mask", "structures (bit k = ROIS[k])")
     write_msd_layout(
         ingest_dir,
         name="demo-dose",
