@@ -121,6 +121,24 @@ def write_bodies(w: World) -> dict[tuple[str, str], list[dict[str, Any]]]:
         for t in targets
     ]
     login = {"email": "ann@example.org", "password": "not-the-password"}
+    # a participant making itself (or another) organizer, or demoting the organizer
+    role_forms: list[dict[str, Any]] = [
+        {"data": {"action": "grant", "role": role, "user_id": str(c.user_id)}}
+        for c in w.callers.values()
+        if c.user_id is not None and c.name != "organizer"
+        for role in ("organizer", "reviewer")
+    ]
+    role_forms.append(
+        {
+            "data": {
+                "action": "revoke",
+                "role": "organizer",
+                "user_id": str(w.callers["organizer"].user_id),
+            }
+        }
+    )
+    # closing the final phase now would reveal its private board
+    close_final = {"phase": "final", "opens": "2020-01-02T00:00:00Z", "closes": "2020-01-03T00:00Z"}
     return {
         ("POST", "/api/v1/challenges"): [{"content": other_spec, "headers": yaml}],
         ("PUT", "/api/v1/challenges/{slug}"): [{"content": opened_spec, "headers": yaml}],
@@ -141,6 +159,9 @@ def write_bodies(w: World) -> dict[tuple[str, str], list[dict[str, Any]]]:
             }
         ],
         ("POST", "/account/tokens"): [{"data": {"name": "sweep"}}],
+        ("POST", "/challenges/{slug}/organize/participants"): role_forms,
+        ("POST", "/challenges/{slug}/organize/phases"): [{"data": close_final}],
+        ("POST", "/challenges/{slug}/organize/rescore"): [{"data": {"phase": "preliminary"}}],
         ("POST", "/login"): [{"data": login}],
         ("POST", "/signup"): [
             {

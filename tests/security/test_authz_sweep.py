@@ -146,6 +146,10 @@ def test_no_write_by_anonymous_or_a_team_changes_others_rows(world: World) -> No
     )
     assert r.status_code == 200, r.text
     assert foreign_changes(world.callers["B"], before, snapshot(world))
+    # ... and with the final board now public, anonymous reads find team A's score there
+    board = f"/api/v1/challenges/{SLUG}/leaderboards/final/grade"
+    r = send(world, world.callers["anonymous"], Call("GET", board, board))
+    assert any(x.startswith("private-board score of team A") for x in found(world, r)), r.text
     before = snapshot(world)
     r = send(
         world,
