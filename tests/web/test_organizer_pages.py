@@ -254,6 +254,10 @@ def test_role_change_is_stored_and_audited(world: World) -> None:
     assert again.status_code == 400 and "already reviewer" in again.text
     stranger = org.client.post(url, data={**form, "user_id": 99999, "csrf_token": org.csrf})
     assert stranger.status_code == 404
+    nobody = org.client.post(
+        url, data={"action": "grant", "role": "reviewer", "csrf_token": org.csrf}
+    )
+    assert nobody.status_code == 400 and "user_id: name the user" in nobody.text
     last = {"action": "revoke", "role": "organizer", "user_id": org.user_id}
     kept = org.client.post(url, data={**last, "csrf_token": org.csrf})
     assert kept.status_code == 400 and "at least one organizer" in kept.text

@@ -202,7 +202,9 @@ def _find_user(session: Session, challenge_id: int, user_id: int | None, email: 
         if user is None:
             raise InputError("no account has this e-mail address", path="email", value=email)
         return user
-    if user_id is None or user_id not in challenge_user_ids(session, challenge_id):
+    if user_id is None:
+        raise InputError("name the user: a user id of the challenge or an e-mail", path="user_id")
+    if user_id not in challenge_user_ids(session, challenge_id):
         raise NotFoundError(f"no user {user_id} in this challenge")
     found = session.get(User, user_id)
     if found is None:
