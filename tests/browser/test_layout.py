@@ -55,6 +55,10 @@ PAGES = [
     ("participant", f"/challenges/{SLUG}/submissions"),
     ("participant", f"/challenges/{SLUG}/leaderboard/preliminary/seg"),
     ("organizer", f"/challenges/{SLUG}/edit"),
+    *(
+        ("organizer", f"/challenges/{SLUG}/organize{sub}")
+        for sub in ("", "/participants", "/phases", "/rescore", "/exports", "/audit")
+    ),
 ]
 
 UNLABELLED_JS = """() => Array.from(document.querySelectorAll("input, select, textarea"))
