@@ -48,6 +48,7 @@ Layer = Literal["image", "reference", "prediction"]
 LAYERS: tuple[Layer, ...] = ("image", "reference", "prediction")
 _IMAGE_ROLES = ("image",)
 _LABEL_ROLES = ("label", "seg")
+POINTS_ID = "case-points-"  # id prefix of each panel's group of per-case marks
 _MIN_SIDE = 256  # slices are scaled up (nearest neighbour) to at least this many pixels
 _MAX_SIDE = 1024
 # one colour per label value (1, 2, ...), cycling: distinguishable for common colour blindness
@@ -213,11 +214,16 @@ def _window(path: str) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
 
-def _check_slice(shape: tuple[int, ...], axis: int, index: int) -> None:
+def check_slice(shape: tuple[int, ...], axis: int, index: int) -> None:
+    """InputError unless ``axis`` is 0, 1 or 2 and ``index`` a slice of ``shape`` along it."""
     if axis not in (0, 1, 2):
-        raise InputError("axis must be 0, 1 or 2", value=axis)
+        raise InputError("axis must be 0, 1 or 2", path="axis", value=axis)
     if not 0 <= index < shape[axis]:
-        raise InputError(f"slice index must be between 0 and {shape[axis] - 1}", value=index)
+        raise InputError(
+            f"slice index must be between 0 and {shape[axis] - 1} on axis {axis}",
+            path="index",
+            value=index,
+        )
 
 
 def _plane(data: np.ndarray, spacing: tuple[float, ...], axis: int, index: int) -> np.ndarray:
@@ -243,7 +249,7 @@ def _png(pixels: np.ndarray) -> bytes:
 def image_slice_png(path: Path, axis: int, index: int) -> bytes:
     """A grey-level PNG of one slice of the image at ``path``."""
     data, spacing = load_volume(path)
-    _check_slice(data.shape, axis, index)
+    check_slice(data.shape, axis, index)
     lo, hi = _window(str(path))
     plane = _plane(np.asarray(data, dtype=np.float64), spacing, axis, index)
     plane = np.nan_to_num(plane, nan=lo, posinf=hi, neginf=lo)
@@ -254,7 +260,7 @@ def image_slice_png(path: Path, axis: int, index: int) -> bytes:
 def label_slice_png(path: Path, axis: int, index: int, *, outline: bool) -> bytes:
     """A transparent RGBA PNG of one slice of a label map: filled, or outlined."""
     data, spacing = load_volume(path)
-    _check_slice(data.shape, axis, index)
+    check_slice(data.shape, axis, index)
     labels = _plane(
         np.rint(np.nan_to_num(np.asarray(data, np.float64))).astype(np.int64), spacing, axis, index
     )
@@ -332,11 +338,15 @@ def _finite(values: Mapping[str, Any], metric: str) -> tuple[list[float], int]:
     return out, total
 
 
-def distributions_svg(cases: Mapping[str, Mapping[str, Any]], *, max_metrics: int = 12) -> str:
+def distributions_svg(
+    cases: Mapping[str, Mapping[str, Any]], *, max_metrics: int = 12, inline: bool = False
+) -> str:
     """An SVG of each metric's distribution over the cases: box plot plus one dot per case.
 
     Non-finite values (a metric undefined on a case) are left out and counted in the
     panel's title. Metrics beyond ``max_metrics`` are not drawn (the table has them all).
+    The dots of the i-th panel are the marks of the group ``case-points-<i>``. With
+    ``inline``, the answer is the ``<svg>`` element alone, to put inside an HTML page.
     """
     from matplotlib import rc_context
     from matplotlib.figure import Figure
@@ -353,7 +363,7 @@ def distributions_svg(cases: Mapping[str, Mapping[str, Any]], *, max_metrics: in
         if not metrics:
             axes[0].set_axis_off()
             axes[0].text(0.5, 0.5, "no per-case results", ha="center", va="center")
-        for ax, m in zip(axes, metrics, strict=False):
+        for i, (ax, m) in enumerate(zip(axes, metrics, strict=False)):
             vals, total = _finite(cases, m)
             title = f"{m} (n={len(vals)}" + (f" of {total} finite)" if len(vals) < total else ")")
             ax.set_title(title, loc="left")
@@ -362,9 +372,20 @@ def distributions_svg(cases: Mapping[str, Mapping[str, Any]], *, max_metrics: in
                 ax.boxplot(vals, orientation="horizontal", widths=0.6, showfliers=False)
                 # deterministic jitter so the same result always draws the same picture
                 jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(vals))
-                ax.scatter(vals, 1 + jitter, s=10, alpha=0.7, color="#0072b2", zorder=3)
+                # one mark per case, grouped under a known id (pages and tests find them there)
+                ax.scatter(
+                    vals,
+                    1 + jitter,
+                    s=10,
+                    alpha=0.7,
+                    color="#0072b2",
+                    zorder=3,
+                    gid=f"{POINTS_ID}{i}",
+                )
             else:
                 ax.text(0.5, 0.5, "no finite value", transform=ax.transAxes, ha="center")
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
-    return buf.getvalue()
+    svg = buf.getvalue()
+    # inline in HTML: the <svg> element alone, without the XML declaration and doctype
+    return svg[svg.index("<svg") :] if inline else svg

@@ -69,9 +69,13 @@ def viewer_index(
 ) -> Response:
     """Distributions (inline SVG) and the list of cases to open in the slice viewer."""
     detail = _detail(db, cat.store, submission_id, user)
-    sub = submissions.get_visible_submission(db, submission_id, user)
-    ctx = viewer.viewer_context(db, sub, user)
-    svg = viewer.distributions_svg(detail["cases"]) if detail.get("cases") else None
+    try:
+        sub = submissions.get_visible_submission(db, submission_id, user)
+        ctx = viewer.viewer_context(db, sub, user)
+    except MedarenaError as exc:
+        raise _http(exc) from None
+    cases = detail.get("cases")
+    svg = viewer.distributions_svg(cases, inline=True) if cases else None
     return templates.TemplateResponse(
         request, "submission_viewer.html", {"d": detail, "ctx": ctx, "svg": svg}
     )
@@ -91,16 +95,22 @@ def case_page(
     cat: CatalogueDep,
     templates: TemplatesDep,
     axis: int = 2,
+    index: int | None = None,
 ) -> Response:
-    """The slice viewer of one case: image, reference and prediction overlays."""
+    """The slice viewer of one case: image, reference and prediction overlays.
+
+    ``axis`` and ``index`` (default: the middle slice) come from the query string, so the
+    page's form picks a slice without JavaScript too.
+    """
     try:
         sub = submissions.get_visible_submission(db, submission_id, user)
         case = viewer.viewer_case(db, sub, user, case_key)
         shape = viewer.case_shape(cat.store, case, Path(cat.settings.data_dir))
+        viewer.check_slice(shape, axis, 0)  # the axis first: the default index depends on it
+        index = shape[axis] // 2 if index is None else index
+        viewer.check_slice(shape, axis, index)
     except MedarenaError as exc:
         raise _http(exc) from None
-    if axis not in (0, 1, 2):
-        raise HTTPException(400, "axis must be 0, 1 or 2")
     n = shape[axis]
     return templates.TemplateResponse(
         request,
@@ -110,7 +120,7 @@ def case_page(
             "case": case,
             "axis": axis,
             "n": n,
-            "index": n // 2,
+            "index": index,
             "has_reference": case.label_digest is not None,
             "shape": shape,
         },
