@@ -66,7 +66,7 @@ def test_target_is_the_age(track: GeneratedTrack) -> None:
 def test_same_seed_same_bytes(track: GeneratedTrack, tmp_path: Path) -> None:
     again = brain_age.generate(tmp_path, n_train=4, n_test=2, seed=5, size="tiny")
     assert again.files == track.files
-    for rel in track.files:
+    for rel in (*track.files, "track.json"):
         assert (again.root / rel).read_bytes() == (track.root / rel).read_bytes(), rel
 
 
@@ -85,3 +85,18 @@ def test_ingest_takes_the_track_as_is(track: GeneratedTrack, tmp_path: Path) -> 
         assert row["age_years"] == int(meta[cid]["age"])
         assert row["sex"] == meta[cid]["sex"]
         assert row["manufacturer"] == brain_age.SITES[row["site"]]
+
+
+def test_sites_differ_in_noise(track: GeneratedTrack) -> None:
+    """Outside the head the image is pure Rician noise, whose level is the site's."""
+    import nibabel as nib
+
+    meta = _rows(track.ingest_dir / "metadata.csv")
+    level: dict[str, list[float]] = {}
+    for cid, row in meta.items():
+        sub = "imagesTr" if cid in track.train_ids else "imagesTs"
+        t1 = np.asarray(nib.load(track.ingest_dir / sub / f"{cid}_0000.nii.gz").dataobj)
+        faces = np.concatenate([t1[0].ravel(), t1[-1].ravel(), t1[:, 0].ravel(), t1[:, -1].ravel()])
+        level.setdefault(row["site"], []).append(float(np.median(faces)))
+    mean = {site: float(np.mean(v)) for site, v in level.items()}
+    assert mean["site-b"] > mean["site-c"] > mean["site-a"]  # sigma 0.05 > 0.04 > 0.02

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image as PILImage
 
 from medarena.config import get_settings
 from medarena.datasets.catalogue import case_records, open_catalogue
@@ -93,7 +94,7 @@ def test_glaucoma_enlarges_the_cup_and_haze_lowers_contrast() -> None:
 def test_same_seed_same_bytes_and_no_png_time_chunk(track: GeneratedTrack, tmp_path: Path) -> None:
     again = fundus.generate(tmp_path, n_train=6, n_test=3, seed=11, size="tiny")
     assert again.files == track.files
-    for rel in track.files:
+    for rel in (*track.files, "track.json"):
         assert (again.root / rel).read_bytes() == (track.root / rel).read_bytes(), rel
     png = (track.ingest_dir / "imagesTr" / f"{track.train_ids[0]}.png").read_bytes()
     assert b"tIME" not in png and b"tEXt" not in png
@@ -121,3 +122,17 @@ def test_ingest_takes_the_track_as_is(track: GeneratedTrack, tmp_path: Path) -> 
         assert row["shape"] == [N, N]
         assert row["age_years"] == int(meta[cid]["age"]) and row["sex"] == meta[cid]["sex"]
         assert row["manufacturer"] == fundus.SITES[row["site"]]
+
+
+def test_sites_differ_in_camera_noise(track: GeneratedTrack) -> None:
+    """Outside the field of view the image is black plus the camera's noise."""
+    meta = _rows(track.ingest_dir / "metadata.csv")
+    c = (np.arange(N) + 0.5) / N * 2 - 1
+    corners = np.hypot(*np.meshgrid(c, c)) > 1.0
+    level: dict[str, list[float]] = {}
+    for cid, row in meta.items():
+        sub = "imagesTr" if cid in track.train_ids else "imagesTs"
+        rgb = np.asarray(PILImage.open(track.ingest_dir / sub / f"{cid}.png"), float)
+        level.setdefault(row["site"], []).append(float(rgb[corners].mean()))
+    mean = {site: float(np.mean(v)) for site, v in level.items()}
+    assert mean["site-b"] > mean["site-c"] > mean["site-a"]  # noise 0.04 > 0.02 > 0.01

@@ -15,6 +15,7 @@ from medarena.datasets.catalogue import case_records, open_catalogue
 from medarena.datasets.ingest import ingest
 from medarena.demo.generators import glioma
 from medarena.demo.generators.common import GeneratedTrack
+from medarena.errors import InputError
 from medarena.evaluation.tasks import score_image_case
 
 
@@ -97,7 +98,7 @@ def test_brats_scorers_accept_the_labels(track: GeneratedTrack, tmp_path: Path) 
 def test_same_seed_same_bytes(track: GeneratedTrack, tmp_path: Path) -> None:
     again = glioma.generate(tmp_path, n_train=4, n_test=2, seed=3, size="tiny")
     assert again.files == track.files
-    for rel in track.files:
+    for rel in (*track.files, "track.json"):
         a, b = (track.root / rel).read_bytes(), (again.root / rel).read_bytes()
         assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest(), rel
     other = glioma.generate(tmp_path / "other", n_train=4, n_test=2, seed=4, size="tiny")
@@ -121,3 +122,31 @@ def test_ingest_takes_the_track_as_is(track: GeneratedTrack, tmp_path: Path) -> 
         assert row["sex"] in ("F", "M") and row["age_years"] is not None
         assert row["site"] in glioma.SITES
         assert row["manufacturer"] == glioma.SITES[row["site"]]
+
+
+def test_sites_differ_in_noise(track: GeneratedTrack) -> None:
+    """Outside the head the images are pure Rician noise, whose level is the site's."""
+    level: dict[str, list[float]] = {}
+    meta = {c: s for c, s in zip((*track.train_ids, *track.test_ids), _sites(track), strict=True)}
+    for cid, site in meta.items():
+        sub = "imagesTr" if cid in track.train_ids else "imagesTs"
+        t1 = _load(track.ingest_dir / sub / f"{cid}_0000.nii.gz").astype(float)
+        faces = np.concatenate([t1[0].ravel(), t1[-1].ravel(), t1[:, 0].ravel(), t1[:, -1].ravel()])
+        level.setdefault(site, []).append(float(np.median(faces)))
+    mean = {site: float(np.mean(v)) for site, v in level.items()}
+    assert mean["site-b"] > mean["site-c"] > mean["site-a"]  # sigma 0.05 > 0.04 > 0.02
+
+
+def _sites(track: GeneratedTrack) -> list[str]:
+    import csv
+
+    with (track.ingest_dir / "metadata.csv").open(newline="") as fh:
+        rows = {r["case_id"]: r["site"] for r in csv.DictReader(fh)}
+    return [rows[c] for c in (*track.train_ids, *track.test_ids)]
+
+
+def test_refuses_an_output_folder_with_files(tmp_path: Path) -> None:
+    (tmp_path / "old.txt").write_text("x")
+    with pytest.raises(InputError, match="out_dir must be a missing or empty folder"):
+        glioma.generate(tmp_path, n_train=1, n_test=0, seed=0, size="tiny")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.txt"]

@@ -39,6 +39,7 @@ from medarena.demo.generators.common import (
     GeneratedTrack,
     case_rng,
     check_args,
+    check_out_dir,
     draw_subjects,
     finish,
     relative_files,
@@ -131,7 +132,7 @@ def generate(
 ) -> GeneratedTrack:
     """Write the brain-age track (MSD images, targets.csv, metadata.csv) under ``out_dir``."""
     check_args(n_train, n_test, seed, size)
-    root = Path(out_dir)
+    root = check_out_dir(out_dir)
     data = root / "data"
     template = tissue_maps(SPACING[size])
     spacing = (template.spacing,) * 3
@@ -209,4 +210,4 @@ def generate(
         size=size,
         notes={"version": VERSION, "spacing_mm": template.spacing, "cases": cases},
     )
-    return finish(replace(track, files=(*relative_files(root), "track.json")))
+    return finish(replace(track, files=relative_files(root)))

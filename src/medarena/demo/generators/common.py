@@ -94,6 +94,18 @@ def check_args(n_train: int, n_test: int, seed: int, size: str) -> None:
         raise InputError(f"size must be one of {', '.join(SIZES)}", value=size)
 
 
+def check_out_dir(out_dir: Path) -> Path:
+    """Refuse an output folder that already holds files: stale cases would mix with new ones."""
+    root = Path(out_dir)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise InputError(
+            "out_dir must be a missing or empty folder (a generator never mixes its cases "
+            "with files already there); remove it or choose another",
+            path=root,
+        )
+    return root
+
+
 def case_rng(seed: int, track: str, index: int) -> np.random.Generator:
     """The random stream of one case: independent of the other cases and of the case count."""
     salt = int.from_bytes(track.encode()[:8].ljust(8, b"\0"), "little")

@@ -2,12 +2,12 @@
 
 Model (docs/demo-data.md, "Fundus multi-disease classification"):
 
-- Background: every third case starts from scikit-image's retina photograph
-  (``skimage.data.retina()``, a real colour fundus photograph shipped in the package),
-  mirrored for left eyes and re-lit; the others are procedural fundi: an orange-red field of
-  view with vignetting, a random illumination gradient and choroidal texture, an optic disc
-  with its cup, a darker macula and fovea, and a vessel tree (four arcades of arteries and
-  veins that branch and narrow away from the disc).
+- Background: a third of the cases (spread over the sites) start from scikit-image's
+  retina photograph (``skimage.data.retina()``, a real colour fundus photograph shipped in
+  the package), mirrored for left eyes and re-lit; the others are procedural fundi: an
+  orange-red field of view with vignetting, a random illumination gradient and choroidal
+  texture, an optic disc with its cup, a darker macula and fovea, and a vessel tree (four
+  arcades of arteries and veins that branch and narrow away from the disc).
 - Findings, drawn per case and inserted at recorded positions (coordinates in the unit disc
   of the field of view): microaneurysms (small dark-red dots), haemorrhages (dark-red
   blots), hard exudates (yellow specks around the macula), drusen (pale soft spots around
@@ -45,6 +45,7 @@ from medarena.demo.generators.common import (
     GeneratedTrack,
     case_rng,
     check_args,
+    check_out_dir,
     draw_subjects,
     finish,
     relative_files,
@@ -73,6 +74,7 @@ SITE_EFFECTS: dict[str, dict[str, Any]] = {
     "site-c": {"noise": 0.02, "blur": 0.004, "gain": (1.05, 1.0, 0.8)},
 }
 FOV = 0.94  # radius of the field of view in the unit square [-1, 1]²
+REAL_FOV = 0.985  # that of the retina photograph
 
 # finding kind -> (RGB colour, translucent): how a spot is painted.
 _SPOT_STYLE: dict[str, tuple[tuple[float, float, float], bool]] = {
@@ -272,8 +274,8 @@ def render(case: FundusCase, n: int) -> tuple[NDArray[np.float32], NDArray[np.fl
         img = (blurred * (1 - case.haze) + case.haze * np.array([0.85, 0.8, 0.72])).astype(
             np.float32
         )
-        xx, yy = _grid(n)
-        img[np.hypot(xx, yy) > FOV] *= 0.3
+    xx, yy = _grid(n)
+    img[np.hypot(xx, yy) > (REAL_FOV if case.real else FOV)] = 0.0  # the camera's black mask
     return np.clip(img, 0, 1).astype(np.float32), lesions
 
 
@@ -382,14 +384,15 @@ def generate(
     """Write the fundus track (PNG images, labels.csv, metadata.csv) under ``out_dir``."""
     check_args(n_train, n_test, seed, size)
     n = PIXELS[size]
-    root = Path(out_dir)
+    root = check_out_dir(out_dir)
     data = root / "data"
     subjects = draw_subjects(seed, TRACK, "fun", n_train, n_test, SITES, age_range=(30, 85))
     rows: list[tuple[Any, ...]] = []
     cases: dict[str, Any] = {}
     for i, subj in enumerate(subjects):
         rng = case_rng(seed, TRACK, i)
-        case = draw_case(rng, subj.age, real=(i % 3 == 0), n=n)
+        # a third of the cases, spread over the sites (which cycle with i % 3)
+        case = draw_case(rng, subj.age, real=(i % 3 == (i // 3) % 3), n=n)
         img, _ = render(case, n)
         folder = "imagesTs" if subj.test else "imagesTr"
         path = data / folder / f"{subj.case_id}.png"
@@ -438,7 +441,7 @@ def generate(
         files=(),
         channels=("RGB",),
         label_names={k: "0/1, follows the inserted findings" for k in LABEL_NAMES},
-        real_parts=(f"{REAL_SOURCE}, background of every third case",),
+        real_parts=(f"{REAL_SOURCE}, background of a third of the cases",),
         synthetic_parts=(
             "procedural fundi (vessel tree, optic disc and cup, macula, illumination)",
             "microaneurysms, haemorrhages, hard exudates, drusen, cotton-wool spots",
@@ -450,4 +453,4 @@ def generate(
         size=size,
         notes={"version": VERSION, "pixels": n, "cases": cases},
     )
-    return finish(replace(track, files=(*relative_files(root), "track.json")))
+    return finish(replace(track, files=relative_files(root)))

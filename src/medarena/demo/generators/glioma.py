@@ -37,6 +37,7 @@ from medarena.demo.generators.common import (
     Subject,
     case_rng,
     check_args,
+    check_out_dir,
     draw_subjects,
     finish,
     relative_files,
@@ -164,7 +165,7 @@ def generate(
 ) -> GeneratedTrack:
     """Write the glioma track (MSD layout, test labels in ``labelsTs``) under ``out_dir``."""
     check_args(n_train, n_test, seed, size)
-    root = Path(out_dir)
+    root = check_out_dir(out_dir)
     ingest_dir = root / "data"
     template = tissue_maps(SPACING[size])
     subjects = draw_subjects(seed, TRACK, "gli", n_train, n_test, SITES, age_range=(25, 80))
@@ -231,7 +232,7 @@ def generate(
 def _with_files(track: GeneratedTrack) -> GeneratedTrack:
     from dataclasses import replace
 
-    return replace(track, files=(*relative_files(track.root), "track.json"))
+    return replace(track, files=relative_files(track.root))
 
 
 __all__ = ["CHANNELS", "LABELS", "Lesion", "Subject", "generate", "synthesise", "tumour_labels"]
