@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "challenge",
     "users",
     "submit",
+    "lab",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,787 @@
+"""The block registry: every building block a recipe may name, with typed parameters.
+
+A block is a name, a kind, a pydantic model of its parameters (each field documented)
+and a builder that turns validated parameters plus the run's context into a MONAI or
+PyTorch object. The registry is an explicit table (no scanning of modules), so what a
+recipe can use is exactly what `medarena lab blocks` lists.
+
+Kinds: ``preprocess`` (deterministic, applied once per case and cached; except
+``rand_crop_by_label``, which draws a patch each step), ``augment`` (random, each step),
+``network``, ``loss``, ``optimizer``, ``schedule``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medarena.errors import InputError
+
+Kind = Literal["preprocess", "augment", "network", "loss", "optimizer", "schedule"]
+KINDS: tuple[str, ...] = ("preprocess", "augment", "network", "loss", "optimizer", "schedule")
+TaskType = Literal["segmentation", "classification", "regression"]
+TASK_TYPES: tuple[str, ...] = ("segmentation", "classification", "regression")
+
+
+class Params(BaseModel):
+    """Base of every block's parameters: unknown names are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a builder needs to know about the run besides the block's own parameters."""
+
+    task: TaskType
+    spatial_dims: int
+    in_channels: int = 1
+    out_channels: int = 1
+    epochs: int = 1
+
+    @property
+    def image_keys(self) -> tuple[str, ...]:
+        return ("image",)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Dictionary keys that spatial transforms move together (image, and a label map)."""
+        return ("image", "label") if self.task == "segmentation" else ("image",)
+
+    def modes(self, image: str, label: str = "nearest") -> tuple[str, ...]:
+        """Interpolation per key: label maps always use nearest neighbour."""
+        return (image, label) if self.task == "segmentation" else (image,)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One registry entry."""
+
+    name: str
+    kind: Kind
+    summary: str
+    params: type[Params]
+    build: Callable[[Any, Context], Any]
+    tasks: tuple[str, ...] = TASK_TYPES
+    random: bool = False  # drawn anew each step (never cached)
+
+    def describe(self) -> dict[str, Any]:
+        """The block as plain data: name, kind, summary, tasks and its parameters."""
+        schema = self.params.model_json_schema()
+        params = []
+        for pname, field in self.params.model_fields.items():
+            prop = schema.get("properties", {}).get(pname, {})
+            default = None if field.is_required() else field.get_default(call_default_factory=True)
+            params.append(
+                {
+                    "name": pname,
+                    "type": _type_name(prop),
+                    "required": field.is_required(),
+                    "default": list(default) if isinstance(default, tuple) else default,
+                    "description": field.description or "",
+                }
+            )
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "summary": self.summary,
+            "tasks": list(self.tasks),
+            "params": params,
+        }
+
+
+def _type_name(prop: dict[str, Any]) -> str:
+    if "enum" in prop:
+        return " | ".join(repr(v) for v in prop["enum"])
+    if "anyOf" in prop:
+        return " | ".join(_type_name(p) for p in prop["anyOf"])
+    t = prop.get("type", "any")
+    if t == "array":
+        item = prop.get("items") or (prop.get("prefixItems") or [{}])[0]
+        return f"list[{_type_name(item)}]"
+    return str(t)
+
+
+def _per_axis(value: Sequence[float] | float, ndim: int, what: str) -> tuple[float, ...]:
+    if isinstance(value, int | float):
+        return (float(value),) * ndim
+    if len(value) != ndim:
+        raise InputError(f"{what} needs {ndim} values (one per spatial axis)", value=list(value))
+    return tuple(float(v) for v in value)
+
+
+# ---------------------------------------------------------------------------- preprocessing
+
+
+class OrientationParams(Params):
+    axcodes: str = Field(
+        "RAS", description="Target orientation codes, e.g. RAS or LPS (2D images: first 2)."
+    )
+
+
+def _orientation(p: OrientationParams, ctx: Context) -> Any:
+    from monai.transforms import Orientationd
+
+    return Orientationd(keys=ctx.keys, axcodes=p.axcodes[: ctx.spatial_dims])
+
+
+class SpacingParams(Params):
+    pixdim: list[float] = Field(..., description="Target voxel size in mm, one per spatial axis.")
+    mode: Literal["bilinear", "nearest", "bicubic"] = Field(
+        "bilinear", description="Interpolation of the image (label maps: always nearest)."
+    )
+
+
+def _spacing(p: SpacingParams, ctx: Context) -> Any:
+    from monai.transforms import Spacingd
+
+    pixdim = _per_axis(p.pixdim, ctx.spatial_dims, "spacing.pixdim")
+    return Spacingd(keys=ctx.keys, pixdim=pixdim, mode=ctx.modes(p.mode))
+
+
+class CTWindowParams(Params):
+    a_min: float = Field(-1000.0, description="Lower window edge (HU).")
+    a_max: float = Field(1000.0, description="Upper window edge (HU).")
+    b_min: float = Field(0.0, description="Output value at the lower edge.")
+    b_max: float = Field(1.0, description="Output value at the upper edge.")
+    clip: bool = Field(True, description="Clip values outside the window.")
+
+
+def _ct_window(p: CTWindowParams, ctx: Context) -> Any:
+    from monai.transforms import ScaleIntensityRanged
+
+    if p.a_max <= p.a_min:
+        raise InputError("ct_window: a_max must be greater than a_min", value=[p.a_min, p.a_max])
+    return ScaleIntensityRanged(
+        keys=ctx.image_keys, a_min=p.a_min, a_max=p.a_max, b_min=p.b_min, b_max=p.b_max, clip=p.clip
+    )
+
+
+class ZScoreParams(Params):
+    nonzero: bool = Field(
+        True, description="Compute mean and std over non-zero voxels only (MR: skip background)."
+    )
+    channel_wise: bool = Field(True, description="Normalise each channel (MR sequence) alone.")
+
+
+def _zscore(p: ZScoreParams, ctx: Context) -> Any:
+    from monai.transforms import NormalizeIntensityd
+
+    return NormalizeIntensityd(keys=ctx.image_keys, nonzero=p.nonzero, channel_wise=p.channel_wise)
+
+
+class ScaleRangeParams(Params):
+    minv: float = Field(0.0, description="Minimum of the output range.")
+    maxv: float = Field(1.0, description="Maximum of the output range.")
+
+
+def _scale_range(p: ScaleRangeParams, ctx: Context) -> Any:
+    from monai.transforms import ScaleIntensityd
+
+    return ScaleIntensityd(keys=ctx.image_keys, minv=p.minv, maxv=p.maxv)
+
+
+class CropForegroundParams(Params):
+    margin: int = Field(0, ge=0, description="Voxels kept around the foreground box.")
+    threshold: float = Field(0.0, description="Image values above this count as foreground.")
+
+
+def _crop_foreground(p: CropForegroundParams, ctx: Context) -> Any:
+    from monai.transforms import CropForegroundd
+
+    threshold = p.threshold
+    return CropForegroundd(
+        keys=ctx.keys,
+        source_key="image",
+        margin=p.margin,
+        select_fn=lambda x: x > threshold,
+        allow_smaller=True,
+    )
+
+
+class SpatialPadParams(Params):
+    spatial_size: list[int] = Field(
+        ..., description="Minimum size per spatial axis; smaller images are padded."
+    )
+    mode: Literal["constant", "edge", "reflect"] = Field("constant", description="Padding mode.")
+
+
+def _spatial_pad(p: SpatialPadParams, ctx: Context) -> Any:
+    from monai.transforms import SpatialPadd
+
+    size = [int(v) for v in _per_axis(p.spatial_size, ctx.spatial_dims, "spatial_pad")]
+    return SpatialPadd(keys=ctx.keys, spatial_size=size, mode=p.mode)
+
+
+class RandCropByLabelParams(Params):
+    pos: float = Field(1.0, ge=0, description="Relative weight of patches centred on foreground.")
+    neg: float = Field(1.0, ge=0, description="Relative weight of patches centred on background.")
+
+
+def _rand_crop_by_label(p: RandCropByLabelParams, ctx: Context) -> Any:
+    # The patch size is the recipe's trainer.patch_size: the builder gets it via the trainer.
+    raise InputError("rand_crop_by_label is built by the trainer with trainer.patch_size")
+
+
+# ---------------------------------------------------------------------------- augmentation
+
+
+class FlipParams(Params):
+    prob: float = Field(0.5, ge=0, le=1, description="Probability of flipping each listed axis.")
+    spatial_axis: list[int] | None = Field(
+        None, description="Axes to flip (0-based spatial axes); null = all axes."
+    )
+
+
+def _flip(p: FlipParams, ctx: Context) -> Any:
+    from monai.transforms import Compose, RandFlipd
+
+    axes = p.spatial_axis if p.spatial_axis is not None else list(range(ctx.spatial_dims))
+    bad = [a for a in axes if not 0 <= a < ctx.spatial_dims]
+    if bad:
+        raise InputError(f"flip.spatial_axis must be in 0..{ctx.spatial_dims - 1}", value=bad)
+    return Compose([RandFlipd(keys=ctx.keys, prob=p.prob, spatial_axis=a) for a in axes])
+
+
+class Rotate90Params(Params):
+    prob: float = Field(0.5, ge=0, le=1, description="Probability of rotating.")
+    max_k: int = Field(3, ge=1, le=3, description="Rotate by k*90 degrees, k drawn in 1..max_k.")
+    spatial_axes: tuple[int, int] = Field((0, 1), description="The plane to rotate in.")
+
+
+def _rotate90(p: Rotate90Params, ctx: Context) -> Any:
+    from monai.transforms import RandRotate90d
+
+    return RandRotate90d(keys=ctx.keys, prob=p.prob, max_k=p.max_k, spatial_axes=p.spatial_axes)
+
+
+class AffineParams(Params):
+    prob: float = Field(0.5, ge=0, le=1, description="Probability of applying the transform.")
+    rotate_range: float = Field(0.26, ge=0, description="Maximum rotation per axis (radians).")
+    scale_range: float = Field(0.1, ge=0, description="Maximum relative scaling per axis.")
+    translate_range: float = Field(0.0, ge=0, description="Maximum shift per axis (voxels).")
+    mode: Literal["bilinear", "nearest"] = Field(
+        "bilinear", description="Interpolation of the image (label maps: always nearest)."
+    )
+
+
+def _affine(p: AffineParams, ctx: Context) -> Any:
+    from monai.transforms import RandAffined
+
+    n_rot = 1 if ctx.spatial_dims == 2 else 3
+    return RandAffined(
+        keys=ctx.keys,
+        prob=p.prob,
+        rotate_range=[p.rotate_range] * n_rot,
+        scale_range=[p.scale_range] * ctx.spatial_dims,
+        translate_range=[p.translate_range] * ctx.spatial_dims,
+        mode=ctx.modes(p.mode),
+        padding_mode="zeros",
+    )
+
+
+class ShiftIntensityParams(Params):
+    prob: float = Field(0.5, ge=0, le=1, description="Probability of shifting.")
+    offsets: float = Field(0.1, ge=0, description="Offset drawn uniformly in [-offsets, offsets].")
+
+
+def _shift_intensity(p: ShiftIntensityParams, ctx: Context) -> Any:
+    from monai.transforms import RandShiftIntensityd
+
+    return RandShiftIntensityd(keys=ctx.image_keys, offsets=p.offsets, prob=p.prob)
+
+
+class ScaleIntensityParams(Params):
+    prob: float = Field(0.5, ge=0, le=1, description="Probability of scaling.")
+    factors: float = Field(0.1, ge=0, description="Image is multiplied by 1 + f, f in ±factors.")
+
+
+def _scale_intensity(p: ScaleIntensityParams, ctx: Context) -> Any:
+    from monai.transforms import RandScaleIntensityd
+
+    return RandScaleIntensityd(keys=ctx.image_keys, factors=p.factors, prob=p.prob)
+
+
+class GaussianNoiseParams(Params):
+    prob: float = Field(0.5, ge=0, le=1, description="Probability of adding noise.")
+    mean: float = Field(0.0, description="Mean of the noise.")
+    std: float = Field(0.1, ge=0, description="Standard deviation of the noise.")
+
+
+def _gaussian_noise(p: GaussianNoiseParams, ctx: Context) -> Any:
+    from monai.transforms import RandGaussianNoised
+
+    return RandGaussianNoised(keys=ctx.image_keys, prob=p.prob, mean=p.mean, std=p.std)
+
+
+# ---------------------------------------------------------------------------- networks
+
+
+class UNetParams(Params):
+    channels: list[int] = Field([16, 32, 64, 128], description="Feature maps per level.")
+    strides: list[int] = Field(
+        [2, 2, 2], description="Downsampling stride between levels (one fewer than channels)."
+    )
+    num_res_units: int = Field(2, ge=0, description="Residual units per level.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability.")
+
+
+def _unet(p: UNetParams, ctx: Context) -> Any:
+    from monai.networks.nets import UNet
+
+    if len(p.strides) != len(p.channels) - 1:
+        raise InputError(
+            "unet.strides needs one value fewer than unet.channels",
+            value={"channels": p.channels, "strides": p.strides},
+        )
+    return UNet(
+        spatial_dims=ctx.spatial_dims,
+        in_channels=ctx.in_channels,
+        out_channels=ctx.out_channels,
+        channels=p.channels,
+        strides=p.strides,
+        num_res_units=p.num_res_units,
+        dropout=p.dropout,
+    )
+
+
+class BasicUNetParams(Params):
+    features: list[int] = Field(
+        [32, 32, 64, 128, 256, 32], description="Six feature counts: five encoder levels + output."
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability.")
+
+
+def _basic_unet(p: BasicUNetParams, ctx: Context) -> Any:
+    from monai.networks.nets import BasicUNet
+
+    if len(p.features) != 6:
+        raise InputError("basic_unet.features needs exactly 6 values", value=p.features)
+    return BasicUNet(
+        spatial_dims=ctx.spatial_dims,
+        in_channels=ctx.in_channels,
+        out_channels=ctx.out_channels,
+        features=tuple(p.features),
+        dropout=p.dropout,
+    )
+
+
+class SegResNetParams(Params):
+    init_filters: int = Field(8, ge=1, description="Feature maps of the first level.")
+    blocks_down: list[int] = Field([1, 2, 2, 4], description="Residual blocks per encoder level.")
+    blocks_up: list[int] = Field([1, 1, 1], description="Blocks per decoder level.")
+    num_groups: int = Field(8, ge=1, description="Group-norm groups (must divide init_filters).")
+    dropout: float | None = Field(None, description="Dropout probability (null: none).")
+
+
+def _segresnet(p: SegResNetParams, ctx: Context) -> Any:
+    from monai.networks.nets import SegResNet
+
+    if len(p.blocks_up) != len(p.blocks_down) - 1:
+        raise InputError(
+            "segresnet.blocks_up needs one value fewer than blocks_down",
+            value={"blocks_down": p.blocks_down, "blocks_up": p.blocks_up},
+        )
+    return SegResNet(
+        spatial_dims=ctx.spatial_dims,
+        init_filters=p.init_filters,
+        in_channels=ctx.in_channels,
+        out_channels=ctx.out_channels,
+        dropout_prob=p.dropout,
+        norm=("GROUP", {"num_groups": p.num_groups}),
+        blocks_down=tuple(p.blocks_down),
+        blocks_up=tuple(p.blocks_up),
+    )
+
+
+class DynUNetParams(Params):
+    filters: list[int] = Field([16, 32, 64, 128], description="Feature maps per level.")
+    strides: list[int] = Field(
+        [1, 2, 2, 2], description="Stride per level (the first is usually 1)."
+    )
+    kernel_size: int = Field(3, description="Convolution kernel size (all levels).")
+    res_block: bool = Field(False, description="Use residual blocks.")
+
+
+def _dynunet(p: DynUNetParams, ctx: Context) -> Any:
+    from monai.networks.nets import DynUNet
+
+    if len(p.strides) != len(p.filters):
+        raise InputError(
+            "dynunet.strides needs one value per filter level",
+            value={"filters": p.filters, "strides": p.strides},
+        )
+    return DynUNet(
+        spatial_dims=ctx.spatial_dims,
+        in_channels=ctx.in_channels,
+        out_channels=ctx.out_channels,
+        kernel_size=[p.kernel_size] * len(p.filters),
+        strides=p.strides,
+        upsample_kernel_size=p.strides[1:],
+        filters=p.filters,
+        res_block=p.res_block,
+    )
+
+
+class DenseNetParams(Params):
+    init_features: int = Field(64, ge=1, description="Feature maps after the stem.")
+    growth_rate: int = Field(32, ge=1, description="Feature maps added by each dense layer.")
+    block_config: list[int] = Field(
+        [6, 12, 24, 16], description="Dense layers per block (DenseNet-121: 6, 12, 24, 16)."
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability.")
+
+
+def _densenet(p: DenseNetParams, ctx: Context) -> Any:
+    from monai.networks.nets import DenseNet
+
+    return DenseNet(
+        spatial_dims=ctx.spatial_dims,
+        in_channels=ctx.in_channels,
+        out_channels=ctx.out_channels,
+        init_features=p.init_features,
+        growth_rate=p.growth_rate,
+        block_config=tuple(p.block_config),
+        dropout_prob=p.dropout,
+    )
+
+
+class ResNetParams(Params):
+    block: Literal["basic", "bottleneck"] = Field("basic", description="Residual block type.")
+    layers: list[int] = Field(
+        [2, 2, 2, 2], description="Blocks per stage (ResNet-18: 2,2,2,2; ResNet-10: 1,1,1,1)."
+    )
+    block_inplanes: list[int] = Field(
+        [64, 128, 256, 512], description="Feature maps per stage (one per entry of layers)."
+    )
+
+
+def _resnet(p: ResNetParams, ctx: Context) -> Any:
+    from monai.networks.nets import ResNet
+
+    if len(p.layers) != len(p.block_inplanes):
+        raise InputError(
+            "resnet.layers and resnet.block_inplanes need the same length",
+            value={"layers": p.layers, "block_inplanes": p.block_inplanes},
+        )
+    return ResNet(
+        block=p.block,
+        layers=p.layers,
+        block_inplanes=p.block_inplanes,
+        spatial_dims=ctx.spatial_dims,
+        n_input_channels=ctx.in_channels,
+        num_classes=ctx.out_channels,
+        conv1_t_size=3,
+    )
+
+
+# ---------------------------------------------------------------------------- losses
+# Every loss takes (logits, target) in the trainer's target format: segmentation (B,1,...)
+# class indices, classification (B,) class indices, regression (B,T) floats.
+
+
+class NoParams(Params):
+    pass
+
+
+class DiceParams(Params):
+    include_background: bool = Field(True, description="Count the background class in Dice.")
+    smooth: float = Field(1e-5, gt=0, description="Smoothing added to numerator and denominator.")
+
+
+class DiceCEParams(DiceParams):
+    lambda_dice: float = Field(1.0, ge=0, description="Weight of the Dice term.")
+    lambda_ce: float = Field(1.0, ge=0, description="Weight of the cross-entropy term.")
+
+
+def _dice_ce(p: DiceCEParams, ctx: Context) -> Any:
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(
+        include_background=p.include_background,
+        to_onehot_y=True,
+        softmax=True,
+        smooth_nr=p.smooth,
+        smooth_dr=p.smooth,
+        lambda_dice=p.lambda_dice,
+        lambda_ce=p.lambda_ce,
+    )
+
+
+def _dice(p: DiceParams, ctx: Context) -> Any:
+    from monai.losses import DiceLoss
+
+    return DiceLoss(
+        include_background=p.include_background,
+        to_onehot_y=True,
+        softmax=True,
+        smooth_nr=p.smooth,
+        smooth_dr=p.smooth,
+    )
+
+
+class CEParams(Params):
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing.")
+
+
+def _ce(p: CEParams, ctx: Context) -> Any:
+    import torch
+
+    ce = torch.nn.CrossEntropyLoss(label_smoothing=p.label_smoothing)
+    if ctx.task != "segmentation":
+        return ce
+
+    def seg_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ce(logits, target[:, 0].long())
+
+    return seg_ce
+
+
+def _bce(p: NoParams, ctx: Context) -> Any:
+    import torch
+
+    bce = torch.nn.BCEWithLogitsLoss()
+
+    def one_hot_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        onehot = torch.nn.functional.one_hot(target.long(), logits.shape[1]).to(logits.dtype)
+        return bce(logits, onehot)
+
+    return one_hot_bce
+
+
+def _mse(p: NoParams, ctx: Context) -> Any:
+    import torch
+
+    return torch.nn.MSELoss()
+
+
+def _l1(p: NoParams, ctx: Context) -> Any:
+    import torch
+
+    return torch.nn.L1Loss()
+
+
+# ---------------------------------------------------------------------------- optimisers
+
+
+class AdamParams(Params):
+    lr: float = Field(1e-3, gt=0, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (AdamW: decoupled decay).")
+
+
+class SGDParams(Params):
+    lr: float = Field(1e-2, gt=0, description="Learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum.")
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0).")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty.")
+
+
+def _adam(p: AdamParams, ctx: Context) -> Any:
+    import torch
+
+    return lambda params: torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
+
+
+def _adamw(p: AdamParams, ctx: Context) -> Any:
+    import torch
+
+    return lambda params: torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
+
+
+def _sgd(p: SGDParams, ctx: Context) -> Any:
+    import torch
+
+    if p.nesterov and p.momentum == 0:
+        raise InputError("sgd.nesterov needs momentum > 0", value=p.momentum)
+    return lambda params: torch.optim.SGD(
+        params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay
+    )
+
+
+# ---------------------------------------------------------------------------- schedules
+# A schedule steps once per epoch; its builder returns optimizer -> scheduler.
+
+
+class CosineParams(Params):
+    eta_min: float = Field(0.0, ge=0, description="Learning rate at the last epoch.")
+
+
+class StepParams(Params):
+    step_size: int = Field(30, ge=1, description="Epochs between decays.")
+    gamma: float = Field(0.1, gt=0, description="Factor applied at each decay.")
+
+
+def _cosine(p: CosineParams, ctx: Context) -> Any:
+    import torch
+
+    return lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=max(ctx.epochs, 1), eta_min=p.eta_min
+    )
+
+
+def _step(p: StepParams, ctx: Context) -> Any:
+    import torch
+
+    return lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=p.step_size, gamma=p.gamma)
+
+
+def _constant(p: NoParams, ctx: Context) -> Any:
+    import torch
+
+    return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _epoch: 1.0)
+
+
+# ---------------------------------------------------------------------------- the registry
+
+_SEG: tuple[str, ...] = ("segmentation",)
+_CLS: tuple[str, ...] = ("classification",)
+_IMG_LEVEL: tuple[str, ...] = ("classification", "regression")
+
+_BLOCKS: tuple[Block, ...] = (
+    Block("orientation", "preprocess", "Reorient to axis codes", OrientationParams, _orientation),
+    Block("spacing", "preprocess", "Resample to a voxel size (mm)", SpacingParams, _spacing),
+    Block(
+        "ct_window",
+        "preprocess",
+        "CT: clip to a HU window and scale linearly",
+        CTWindowParams,
+        _ct_window,
+    ),
+    Block(
+        "zscore",
+        "preprocess",
+        "MR: z-score normalisation (per channel, non-zero voxels)",
+        ZScoreParams,
+        _zscore,
+    ),
+    Block(
+        "scale_range",
+        "preprocess",
+        "Scale intensities min-max to a range (X-ray, photographs)",
+        ScaleRangeParams,
+        _scale_range,
+    ),
+    Block(
+        "crop_foreground",
+        "preprocess",
+        "Crop to the box of image values above a threshold",
+        CropForegroundParams,
+        _crop_foreground,
+    ),
+    Block(
+        "spatial_pad",
+        "preprocess",
+        "Pad each axis to at least a size",
+        SpatialPadParams,
+        _spatial_pad,
+    ),
+    Block(
+        "rand_crop_by_label",
+        "preprocess",
+        "Each step, crop a trainer.patch_size patch centred on foreground or background",
+        RandCropByLabelParams,
+        _rand_crop_by_label,
+        tasks=_SEG,
+        random=True,
+    ),
+    Block("flip", "augment", "Random flips along axes", FlipParams, _flip, random=True),
+    Block(
+        "rotate90", "augment", "Random 90 degree rotations", Rotate90Params, _rotate90, random=True
+    ),
+    Block(
+        "affine",
+        "augment",
+        "Random rotation, scaling and translation",
+        AffineParams,
+        _affine,
+        random=True,
+    ),
+    Block(
+        "shift_intensity",
+        "augment",
+        "Random intensity offset",
+        ShiftIntensityParams,
+        _shift_intensity,
+        random=True,
+    ),
+    Block(
+        "scale_intensity",
+        "augment",
+        "Random intensity scaling",
+        ScaleIntensityParams,
+        _scale_intensity,
+        random=True,
+    ),
+    Block(
+        "gaussian_noise",
+        "augment",
+        "Random additive Gaussian noise",
+        GaussianNoiseParams,
+        _gaussian_noise,
+        random=True,
+    ),
+    Block("unet", "network", "MONAI UNet (residual units)", UNetParams, _unet, tasks=_SEG),
+    Block("basic_unet", "network", "MONAI BasicUNet", BasicUNetParams, _basic_unet, tasks=_SEG),
+    Block("segresnet", "network", "MONAI SegResNet", SegResNetParams, _segresnet, tasks=_SEG),
+    Block("dynunet", "network", "MONAI DynUNet (nnU-Net style)", DynUNetParams, _dynunet, _SEG),
+    Block(
+        "densenet",
+        "network",
+        "MONAI DenseNet classifier / regressor (default: DenseNet-121)",
+        DenseNetParams,
+        _densenet,
+        tasks=_IMG_LEVEL,
+    ),
+    Block(
+        "resnet",
+        "network",
+        "MONAI ResNet classifier / regressor (default: ResNet-18)",
+        ResNetParams,
+        _resnet,
+        tasks=_IMG_LEVEL,
+    ),
+    Block("dice_ce", "loss", "Dice + cross-entropy (softmax)", DiceCEParams, _dice_ce, _SEG),
+    Block("dice", "loss", "Soft Dice (softmax)", DiceParams, _dice, tasks=_SEG),
+    Block(
+        "ce",
+        "loss",
+        "Cross-entropy over classes",
+        CEParams,
+        _ce,
+        tasks=("segmentation", "classification"),
+    ),
+    Block("bce", "loss", "Binary cross-entropy per class (one-hot)", NoParams, _bce, tasks=_CLS),
+    Block("mse", "loss", "Mean squared error", NoParams, _mse, tasks=("regression",)),
+    Block("l1", "loss", "Mean absolute error", NoParams, _l1, tasks=("regression",)),
+    Block("adam", "optimizer", "Adam", AdamParams, _adam),
+    Block("adamw", "optimizer", "AdamW (decoupled weight decay)", AdamParams, _adamw),
+    Block("sgd", "optimizer", "SGD with momentum", SGDParams, _sgd),
+    Block("cosine", "schedule", "Cosine annealing over the epochs", CosineParams, _cosine),
+    Block(
+        "step", "schedule", "Multiply the rate by gamma every step_size epochs", StepParams, _step
+    ),
+    Block("none", "schedule", "Constant learning rate", NoParams, _constant),
+)
+
+REGISTRY: dict[str, Block] = {b.name: b for b in _BLOCKS}
+
+
+def blocks(kind: str | None = None) -> list[Block]:
+    """All blocks, or those of one kind, in registry order."""
+    if kind is not None and kind not in KINDS:
+        raise InputError(
+            f"unknown block kind; choose one of {', '.join(KINDS)}",
+            value=kind,
+            hint=f"did you mean {guess!r}?" if (guess := nearest(kind, KINDS)) else None,
+        )
+    return [b for b in _BLOCKS if kind is None or b.kind == kind]
+
+
+def nearest(name: str, names: Sequence[str]) -> str | None:
+    """The valid name closest to ``name`` (difflib), or None if none is close."""
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
+    return close[0] if close else None

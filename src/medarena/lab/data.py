@@ -1,0 +1,157 @@
+"""Cases of a recipe's dataset split, read from the catalogue into arrays.
+
+Images of a case (role ``image``, one object per channel, in name order) are stacked
+channel-first; a segmentation label map (role ``label``) becomes one more channel-first
+array; classification and regression targets come from the case label ``dataset.target``.
+Only case keys are carried along, never patient identifiers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medarena.datasets.catalogue import Catalogue, case_records
+from medarena.errors import InputError
+from medarena.imaging.nifti import read_nifti
+from medarena.lab.recipe import Recipe
+
+
+@dataclass
+class CaseArrays:
+    """One case ready for MONAI: channel-first arrays and the RAS affine of its grid."""
+
+    key: str
+    image: np.ndarray  # (C, *spatial) float32
+    affine: np.ndarray  # 4x4 voxel -> RAS (mm)
+    label: np.ndarray | None = None  # (1, *spatial) segmentation label map
+    target: float | int | None = None  # class index or regression value
+
+
+@dataclass
+class SplitData:
+    train: list[CaseArrays]
+    validation: list[CaseArrays]
+    class_names: list[str]
+
+
+def _channel_first(array: np.ndarray, ndim: int) -> np.ndarray:
+    if array.ndim == ndim:
+        return array[None]
+    return np.moveaxis(array, -1, 0)
+
+
+def _read_case(cat: Catalogue, rec: dict[str, Any], recipe: Recipe) -> CaseArrays:
+    key = rec["case_key"]
+    ndim = recipe.task.spatial_dims
+    objs = sorted((o for o in rec["objects"] if o["role"] == "image"), key=lambda o: o["name"])
+    if not objs:
+        raise InputError(f"case {key!r} has no image object", path=recipe.dataset.name)
+    channels = []
+    ref = None
+    for o in objs:
+        img = read_nifti(cat.store.path_of(o["digest"]))
+        if img.ndim != ndim:
+            raise InputError(
+                f"case {key!r} is {img.ndim}D but task.spatial_dims is {ndim}",
+                path=recipe.dataset.name,
+            )
+        ref = ref or img
+        channels.append(_channel_first(img.array.astype(np.float32), ndim))
+    assert ref is not None
+    image = np.concatenate(channels, axis=0)
+    if image.shape[0] != recipe.task.in_channels:
+        raise InputError(
+            f"case {key!r} has {image.shape[0]} image channels but task.in_channels is "
+            f"{recipe.task.in_channels}",
+            path=recipe.dataset.name,
+        )
+    out = CaseArrays(key, image, ref.nifti_affine())
+    if recipe.task.type == "segmentation":
+        labels = [o for o in rec["objects"] if o["role"] == "label"]
+        if not labels:
+            raise InputError(
+                f"case {key!r} has no label map (segmentation needs one per case)",
+                path=recipe.dataset.name,
+            )
+        lab = read_nifti(cat.store.path_of(labels[0]["digest"]), kind="label")
+        arr = lab.array.astype(np.int64)
+        if arr.max(initial=0) >= recipe.task.num_classes:
+            raise InputError(
+                f"case {key!r} has label value {int(arr.max())} but task.num_classes is "
+                f"{recipe.task.num_classes} (values must be 0..num_classes-1)",
+                path=recipe.dataset.name,
+            )
+        out.label = arr[None].astype(np.float32)
+    return out
+
+
+def load_split(cat: Catalogue, recipe: Recipe) -> SplitData:
+    """The train and validation cases of the recipe's split, with targets resolved."""
+    ds = recipe.dataset
+    records = case_records(cat, ds.name)
+    known_splits = sorted({s for r in records for s in r["splits"]})
+    if ds.split not in known_splits:
+        raise InputError(
+            f"dataset {ds.name!r} has no split {ds.split!r} "
+            f"(splits: {', '.join(known_splits) or 'none; make one with medarena datasets split'})",
+            path="dataset.split",
+            value=ds.split,
+        )
+    subsets: dict[str, list[dict[str, Any]]] = {ds.train: [], ds.validation: []}
+    for r in records:
+        sub = r["splits"].get(ds.split)
+        if sub in subsets:
+            subsets[sub].append(r)
+    for name, recs in subsets.items():
+        if not recs:
+            raise InputError(
+                f"subset {name!r} of split {ds.split!r} has no cases", path="dataset", value=name
+            )
+    class_names: list[str] = []
+    if recipe.task.type in ("classification", "regression"):
+        assert ds.target is not None
+        for r in records:
+            if r["splits"].get(ds.split) in subsets and r["labels"].get(ds.target) is None:
+                raise InputError(
+                    f"case {r['case_key']!r} has no label {ds.target!r}",
+                    path="dataset.target",
+                    value=ds.target,
+                )
+    if recipe.task.type == "classification":
+        values = sorted({str(r["labels"][ds.target]) for recs in subsets.values() for r in recs})
+        class_names = recipe.task.class_names or values
+        unknown = [v for v in values if v not in class_names]
+        if unknown:
+            raise InputError(
+                f"label values {unknown} are not in task.class_names {class_names}",
+                path="task.class_names",
+            )
+        if len(class_names) != recipe.task.num_classes:
+            raise InputError(
+                f"task.num_classes is {recipe.task.num_classes} but there are "
+                f"{len(class_names)} classes {class_names}",
+                path="task.num_classes",
+                hint="set task.class_names to list every class",
+            )
+
+    def read(recs: list[dict[str, Any]]) -> list[CaseArrays]:
+        out = []
+        for r in recs:
+            case = _read_case(cat, r, recipe)
+            if recipe.task.type == "classification":
+                case.target = class_names.index(str(r["labels"][ds.target]))
+            elif recipe.task.type == "regression":
+                try:
+                    case.target = float(r["labels"][ds.target])
+                except (TypeError, ValueError):
+                    raise InputError(
+                        f"case {r['case_key']!r}: label {ds.target!r} is not a number",
+                        value=r["labels"][ds.target],
+                    ) from None
+            out.append(case)
+        return out
+
+    return SplitData(read(subsets[ds.train]), read(subsets[ds.validation]), class_names)

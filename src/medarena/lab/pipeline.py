@@ -1,0 +1,82 @@
+"""From a recipe's blocks to MONAI transform pipelines and the model's training parts.
+
+Two pipelines: ``cached`` (the deterministic preprocessing blocks, applied once per case)
+and ``per_step`` (drawn anew for every sample of every step). The per-step pipeline is:
+pad to ``trainer.patch_size``, crop a patch (``rand_crop_by_label`` if the recipe lists it,
+else a uniformly random patch) for segmentation, then the augmentation blocks in order.
+Image-level tasks resize every image to ``trainer.patch_size`` in the cached pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from medarena.lab.blocks import REGISTRY, Context, RandCropByLabelParams
+from medarena.lab.recipe import Recipe
+
+
+def context(recipe: Recipe) -> Context:
+    """The builders' context: task, dimensions, channels in and out, epochs."""
+    t = recipe.task
+    out = 1 if t.type == "regression" else t.num_classes
+    return Context(t.type, t.spatial_dims, t.in_channels, out, recipe.trainer.epochs)
+
+
+@dataclass
+class Pipelines:
+    cached: Any  # monai Compose
+    per_step: Any  # monai Compose (Randomizable)
+
+
+def build_pipelines(recipe: Recipe) -> Pipelines:
+    from monai.transforms import (
+        Compose,
+        RandCropByPosNegLabeld,
+        RandSpatialCropd,
+        Resized,
+        SpatialPadd,
+    )
+
+    ctx = context(recipe)
+    patch = list(recipe.trainer.patch_size)
+    cached: list[Any] = []
+    crop: Any = None
+    for ref in recipe.preprocess:
+        block = REGISTRY[ref.block]
+        params = recipe.params_of(ref)
+        if isinstance(params, RandCropByLabelParams):
+            crop = RandCropByPosNegLabeld(
+                keys=ctx.keys,
+                label_key="label",
+                spatial_size=patch,
+                pos=params.pos,
+                neg=params.neg,
+                num_samples=1,
+            )
+            continue
+        cached.append(block.build(params, ctx))
+    per_step: list[Any] = []
+    if recipe.task.type == "segmentation":
+        per_step.append(SpatialPadd(keys=ctx.keys, spatial_size=patch))
+        per_step.append(crop or RandSpatialCropd(keys=ctx.keys, roi_size=patch, random_size=False))
+    else:
+        cached.append(Resized(keys=ctx.keys, spatial_size=patch, mode="area"))
+    for ref in recipe.augment:
+        per_step.append(REGISTRY[ref.block].build(recipe.params_of(ref), ctx))
+    return Pipelines(Compose(cached), Compose(per_step))
+
+
+def build_model_parts(recipe: Recipe) -> tuple[Any, Any, Any, Any]:
+    """(network, loss function, optimizer factory, scheduler factory) from the blocks."""
+    ctx = context(recipe)
+
+    def build(ref: Any) -> Any:
+        return REGISTRY[ref.block].build(recipe.params_of(ref), ctx)
+
+    return (
+        build(recipe.network),
+        build(recipe.loss),
+        build(recipe.optimizer),
+        build(recipe.schedule),
+    )

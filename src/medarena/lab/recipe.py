@@ -1,0 +1,272 @@
+"""Training recipes: a YAML file validated into a typed Recipe.
+
+A recipe names the dataset and split, the task, the blocks (from the registry in
+``medarena.lab.blocks``), the trainer settings and the export. ``parse_recipe`` reports
+every problem with its YAML line, the offending value and, for a misspelt block or
+parameter name, the nearest valid one. The YAML line lookup is the challenge spec's
+(``medarena.challenges.spec``), so both files report errors the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medarena.challenges.spec import SpecProblem, _duplicate_keys, _field_name, _node_at
+from medarena.errors import InputError
+from medarena.lab.blocks import REGISTRY, Block, Kind, Params, TaskType, nearest
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BlockRef(_Strict):
+    """A block by name plus its parameters (checked against the block's own model)."""
+
+    block: str = Field(..., description="Name of a block in the registry (medarena lab blocks).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The block's parameters.")
+
+
+class DatasetRef(_Strict):
+    name: str = Field(..., description="Dataset in the catalogue.")
+    split: str = Field("default", description="Split of that dataset.")
+    train: str = Field("train", description="Subset trained on.")
+    validation: str = Field("validation", description="Subset validated on.")
+    target: str | None = Field(
+        None, description="Case label holding the class / value (classification, regression)."
+    )
+
+
+class TaskSpec(_Strict):
+    type: TaskType
+    spatial_dims: Literal[2, 3] = Field(..., description="2 or 3 spatial axes.")
+    num_classes: int = Field(
+        2, ge=1, description="Classes (segmentation: including background; regression: ignored)."
+    )
+    in_channels: int = Field(1, ge=1, description="Image channels (modalities) per case.")
+    class_names: list[str] | None = Field(
+        None, description="Classification: the label values in class-index order."
+    )
+
+
+class SlidingWindow(_Strict):
+    overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring windows.")
+    mode: Literal["constant", "gaussian"] = Field("gaussian", description="Blending of windows.")
+
+
+class TrainerSettings(_Strict):
+    epochs: int = Field(1, ge=1, description="Epochs to train (the run stops at this epoch).")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="Stop (after the current step) once this many seconds passed."
+    )
+    batch_size: int = Field(2, ge=1, description="Samples per step.")
+    patch_size: list[int] = Field(
+        ..., description="Training patch (segmentation) or input size (image-level tasks)."
+    )
+    sliding_window: SlidingWindow | None = Field(
+        default_factory=SlidingWindow,
+        description="Segmentation validation by sliding windows of patch_size (null: whole).",
+    )
+    seed: int = Field(0, description="Seed of weights, shuffling and augmentation.")
+    val_every: int = Field(1, ge=1, description="Validate every n epochs (and at the end).")
+    checkpoint_every: int = Field(1, ge=1, description="Write a checkpoint every n epochs.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if present.")
+
+    @model_validator(mode="after")
+    def _patch_positive(self) -> TrainerSettings:
+        if any(p < 1 for p in self.patch_size):
+            raise ValueError(f"patch_size {self.patch_size} must be positive")
+        return self
+
+
+class ExportSettings(_Strict):
+    onnx: bool = Field(True, description="Export the trained model to a single ONNX file.")
+    tolerance: float = Field(
+        1e-4, gt=0, description="Max abs difference allowed between ONNX Runtime and PyTorch."
+    )
+    opset: int = Field(17, ge=13, description="ONNX opset version.")
+
+
+class Recipe(_Strict):
+    """A training run as data; saved next to what it produced."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+    description: str = ""
+    dataset: DatasetRef
+    task: TaskSpec
+    preprocess: list[BlockRef] = Field(default_factory=list)
+    augment: list[BlockRef] = Field(default_factory=list)
+    network: BlockRef
+    loss: BlockRef
+    optimizer: BlockRef = Field(default_factory=lambda: BlockRef(block="adam"))
+    schedule: BlockRef = Field(default_factory=lambda: BlockRef(block="none"))
+    trainer: TrainerSettings
+    export: ExportSettings = Field(default_factory=ExportSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        if len(self.trainer.patch_size) != self.task.spatial_dims:
+            raise ValueError(
+                f"trainer.patch_size {self.trainer.patch_size} needs {self.task.spatial_dims} "
+                "values (task.spatial_dims)"
+            )
+        if self.task.type in ("classification", "regression") and not self.dataset.target:
+            raise ValueError(
+                f"a {self.task.type} recipe needs dataset.target (the case label to learn)"
+            )
+        return self
+
+    def refs(self) -> list[tuple[tuple[str | int, ...], Kind, BlockRef]]:
+        """Every block reference with its location in the recipe and the kind it must be."""
+        out: list[tuple[tuple[str | int, ...], Kind, BlockRef]] = []
+        out += [(("preprocess", i), "preprocess", r) for i, r in enumerate(self.preprocess)]
+        out += [(("augment", i), "augment", r) for i, r in enumerate(self.augment)]
+        out += [
+            (("network",), "network", self.network),
+            (("loss",), "loss", self.loss),
+            (("optimizer",), "optimizer", self.optimizer),
+            (("schedule",), "schedule", self.schedule),
+        ]
+        return out
+
+    def params_of(self, ref: BlockRef) -> Params:
+        """The validated parameters of ``ref`` (the recipe was checked by parse_recipe)."""
+        return REGISTRY[ref.block].params.model_validate(ref.params)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class RecipeError(InputError):
+    """A recipe that cannot be used; ``problems`` lists each with its line."""
+
+    def __init__(self, source: str, problems: list[SpecProblem]) -> None:
+        self.problems = problems
+        listed = "; ".join(str(p) for p in problems)
+        super().__init__(f"invalid recipe: {listed}", path=source)
+
+
+# Model of the mapping at a location (for "did you mean" on unknown field names).
+_MODELS_AT: dict[tuple[str, ...], type[BaseModel]] = {
+    (): Recipe,
+    ("dataset",): DatasetRef,
+    ("task",): TaskSpec,
+    ("trainer",): TrainerSettings,
+    ("trainer", "sliding_window"): SlidingWindow,
+    ("export",): ExportSettings,
+}
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    named = tuple(p for p in loc if isinstance(p, str))
+    if named in _MODELS_AT:
+        return _MODELS_AT[named]
+    if named and named[0] in ("preprocess", "augment", "network", "loss", "optimizer", "schedule"):
+        return BlockRef if len(named) == 1 else None
+    return None
+
+
+def _unknown_field(loc: tuple[int | str, ...], known: list[str]) -> str:
+    name = str(loc[-1])
+    guess = nearest(name, known)
+    msg = f"unknown field {name!r}"
+    if guess:
+        msg += f"; did you mean {guess!r}?"
+    return msg + f" (valid: {', '.join(known)})"
+
+
+def _check_blocks(recipe: Recipe) -> list[tuple[tuple[int | str, ...], str]]:
+    """Problems of block names, kinds, tasks and parameters, as (location, message)."""
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    for loc, kind, ref in recipe.refs():
+        block: Block | None = REGISTRY.get(ref.block)
+        if block is None or block.kind != kind:
+            valid = [b.name for b in REGISTRY.values() if b.kind == kind]
+            guess = nearest(ref.block, valid)
+            what = "unknown" if block is None else f"{block.kind} block, not a"
+            msg = f"{ref.block!r}: {what} {kind} block"
+            if guess:
+                msg += f"; did you mean {guess!r}?"
+            problems.append(((*loc, "block"), f"{msg} (valid: {', '.join(valid)})"))
+            continue
+        if recipe.task.type not in block.tasks:
+            problems.append(
+                (
+                    (*loc, "block"),
+                    f"{ref.block!r} does not support task {recipe.task.type!r} "
+                    f"(it supports: {', '.join(block.tasks)})",
+                )
+            )
+        try:
+            block.params.model_validate(ref.params)
+        except ValidationError as exc:
+            known = list(block.params.model_fields)
+            for err in exc.errors():
+                ploc = (*loc, "params", *err["loc"])
+                if err["type"] == "extra_forbidden":
+                    msg = _unknown_field(ploc, known)
+                    msg = msg.replace("unknown field", f"unknown parameter of {ref.block!r}")
+                else:
+                    msg = f"{err['msg'].removeprefix('Value error, ')} (value {err['input']!r})"
+                problems.append((ploc, msg))
+    return problems
+
+
+def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
+    """Validate YAML ``text`` into a Recipe; RecipeError lists every problem by line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise RecipeError(source, [SpecProblem(line, "", f"YAML syntax: {exc.problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(source, [SpecProblem(None, "", f"YAML: {exc}")]) from None
+    if root is None or not isinstance(data, dict):
+        raise RecipeError(source, [SpecProblem(1, "", "the recipe must be a YAML mapping")])
+    dups = _duplicate_keys(root)
+    if dups:
+        raise RecipeError(source, dups)
+
+    def at(loc: tuple[int | str, ...], msg: str, missing: bool = False) -> SpecProblem:
+        node, found = _node_at(root, loc)
+        if not found and missing:
+            msg = f"missing (required in the mapping starting here); {msg}"
+        return SpecProblem(node.start_mark.line + 1, _field_name(loc), msg)
+
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            model = _model_at(loc[:-1])
+            if err["type"] == "extra_forbidden" and model is not None:
+                msg = _unknown_field(loc, list(model.model_fields))
+            elif err["type"] == "missing":
+                msg = err["msg"]
+            else:
+                msg = f"{err['msg'].removeprefix('Value error, ')} (value {err['input']!r})"
+            problems.append(at(loc, msg, missing=err["type"] == "missing"))
+        raise RecipeError(source, problems) from None
+    block_problems = _check_blocks(recipe)
+    if block_problems:
+        raise RecipeError(source, [at(loc, msg) for loc, msg in block_problems])
+    return recipe
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Read and validate the recipe file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("recipe file does not exist", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read recipe: {exc}", path=path) from None
+    return parse_recipe(text, str(path))

@@ -1,0 +1,370 @@
+"""Train a recipe: one loop for every task type, deterministic, resumable.
+
+Determinism: the weights are initialised after seeding torch with ``trainer.seed``; each
+epoch shuffles with a generator and seeds the per-step transforms from (seed, epoch), so
+an epoch's samples do not depend on how the run got there; the global RNG states (dropout)
+travel in the checkpoint. A run killed at any point and started again on the same output
+folder continues from its last checkpoint and ends with the same weights as a run that was
+never interrupted. The loop only touches the model through forward/backward/step, so
+wrapping it in DistributedDataParallel later changes nothing else.
+
+Validation uses the evaluation engine's metric functions (the ones that score challenges):
+Dice per foreground class for segmentation, ``classification_metrics`` (multiclass) and
+``regression_metrics``, computed on the validation cases in the preprocessed grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medarena.datasets.catalogue import Catalogue
+from medarena.errors import InputError
+from medarena.evaluation.classification import classification_metrics
+from medarena.evaluation.regression import regression_metrics
+from medarena.evaluation.segmentation import segmentation_metrics
+from medarena.lab.checkpoint import (
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+from medarena.lab.data import CaseArrays, load_split
+from medarena.lab.pipeline import build_model_parts, build_pipelines
+from medarena.lab.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+MAIN_METRIC = {"segmentation": "dice", "classification": "accuracy", "regression": "mae"}
+
+
+@dataclass
+class Progress:
+    """One progress report: sent after every step and after each validation."""
+
+    epoch: int  # 1-based epoch in progress
+    epochs: int
+    step: int  # step within the epoch, 1-based
+    steps: int  # steps per epoch
+    loss: float
+    metric_name: str
+    metric: float | None  # last validation value
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    epochs_done: int
+    steps_done: int
+    stopped: str  # "epochs" | "time_budget"
+    resumed_from_epoch: int | None
+    metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    export: dict[str, Any] | None = None
+
+
+def recipe_digest(recipe: Recipe) -> str:
+    return hashlib.sha256(recipe.to_yaml().encode()).hexdigest()
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("no CUDA device is present", path="trainer.device", value=name)
+    return torch.device(name)
+
+
+def _as_dict(case: CaseArrays) -> dict[str, Any]:
+    import torch
+    from monai.data import MetaTensor
+
+    affine = torch.as_tensor(case.affine, dtype=torch.float64)
+    d: dict[str, Any] = {"image": MetaTensor(torch.from_numpy(case.image), affine=affine)}
+    if case.label is not None:
+        d["label"] = MetaTensor(torch.from_numpy(case.label), affine=affine)
+    if case.target is not None:
+        d["target"] = case.target
+    return d
+
+
+def _plain(x: Any) -> Any:
+    from monai.data import MetaTensor
+
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
+def _spacing_of(x: Any, ndim: int) -> tuple[float, ...]:
+    from monai.data import MetaTensor
+
+    if isinstance(x, MetaTensor):
+        return tuple(float(v) for v in x.pixdim[:ndim])
+    return (1.0,) * ndim
+
+
+class _Run:
+    def __init__(self, recipe: Recipe, cat: Catalogue, out_dir: Path) -> None:
+        import torch
+
+        self.recipe = recipe
+        self.out_dir = out_dir
+        self.tr = recipe.trainer
+        self.task = recipe.task.type
+        self.device = _device(self.tr.device)
+        split = load_split(cat, recipe)
+        self.class_names = split.class_names
+        pipes = build_pipelines(recipe)
+        self.per_step = pipes.per_step
+        self.train_cases = [pipes.cached(_as_dict(c)) for c in split.train]
+        self.val_cases = [pipes.cached(_as_dict(c)) for c in split.validation]
+        self.val_keys = [c.key for c in split.validation]
+        torch.manual_seed(self.tr.seed)
+        net, self.loss_fn, make_opt, make_sched = build_model_parts(recipe)
+        self.model = net.to(self.device)
+        self.optimizer = make_opt(self.model.parameters())
+        self.scheduler = make_sched(self.optimizer)
+
+    # ------------------------------------------------------------------ batches
+    def _batch(self, idx: list[int]) -> tuple[Any, Any]:
+        import torch
+
+        images, targets = [], []
+        for i in idx:
+            sample = self.per_step(dict(self.train_cases[i]))
+            if isinstance(sample, list):  # patch croppers return a list of num_samples=1
+                sample = sample[0]
+            images.append(_plain(sample["image"]).float())
+            if self.task == "segmentation":
+                targets.append(_plain(sample["label"]).float())
+            else:
+                targets.append(torch.as_tensor(sample["target"]))
+        x = torch.stack(images).to(self.device)
+        if self.task == "segmentation":
+            y = torch.stack(targets).to(self.device)
+        elif self.task == "classification":
+            y = torch.stack(targets).long().to(self.device)
+        else:
+            y = torch.stack(targets).float().reshape(-1, 1).to(self.device)
+        return x, y
+
+    # ------------------------------------------------------------------ validation
+    def predict(self, image: Any) -> Any:
+        """Network output (logits) for one preprocessed image (C, *spatial), no batch axis."""
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        x = _plain(image).float()[None].to(self.device)
+        with torch.no_grad():
+            if self.task != "segmentation":
+                return self.model(x)[0]
+            sw = self.tr.sliding_window
+            if sw is not None:
+                out = sliding_window_inference(
+                    x,
+                    roi_size=list(self.tr.patch_size),
+                    sw_batch_size=self.tr.batch_size,
+                    predictor=self.model,
+                    overlap=sw.overlap,
+                    mode=sw.mode,
+                )
+                return out[0]
+            # whole image: pad every axis to a multiple of 16 (UNet strides), crop back
+            shape = x.shape[2:]
+            pads: list[int] = []
+            for s in reversed(shape):
+                pads += [0, (-s) % 16]
+            y = self.model(torch.nn.functional.pad(x, pads))
+            return y[(0, slice(None), *(slice(0, s) for s in shape))]
+
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        try:
+            if self.task == "segmentation":
+                return self._validate_segmentation()
+            outs = [self.predict(c["image"]).cpu().numpy() for c in self.val_cases]
+            targets = np.asarray([c["target"] for c in self.val_cases])
+            if self.task == "classification":
+                logits = np.stack(outs).astype(np.float64)
+                e = np.exp(logits - logits.max(axis=1, keepdims=True))
+                scores = e / e.sum(axis=1, keepdims=True)
+                m = classification_metrics(
+                    targets.astype(int),
+                    scores,
+                    task="multiclass",
+                    class_names=self.class_names,
+                )
+                return {k: v for k, v in m.items() if k in ("accuracy", "auc", "f1_macro")}
+            preds = np.asarray([o.reshape(-1)[0] for o in outs], dtype=np.float64)
+            m = regression_metrics(targets.astype(np.float64), preds)
+            return {k: m[k] for k in ("mae", "rmse")}
+        finally:
+            self.model.train()
+
+    def _validate_segmentation(self) -> dict[str, float]:
+        per_case = []
+        nd = self.recipe.task.spatial_dims
+        for c in self.val_cases:
+            pred = self.predict(c["image"]).argmax(0).cpu().numpy()
+            ref = _plain(c["label"])[0].cpu().numpy().astype(np.int64)
+            spacing = _spacing_of(c["image"], nd)
+            dices = [
+                segmentation_metrics(pred == k, ref == k, spacing, metrics=("dice",))["dice"]
+                for k in range(1, self.recipe.task.num_classes)
+            ]
+            per_case.append(float(np.mean(dices)))
+        return {"dice": float(np.mean(per_case))}
+
+    # ------------------------------------------------------------------ state
+    def state(self, epochs_done: int, steps_done: int, history: list[dict[str, Any]]) -> dict:
+        return {
+            "recipe_digest": recipe_digest(self.recipe),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_states(),
+            "epochs_done": epochs_done,
+            "steps_done": steps_done,
+            "history": history,
+            "class_names": self.class_names,
+        }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def train(
+    recipe: Recipe,
+    cat: Catalogue,
+    out_dir: Path,
+    *,
+    progress: ProgressFn | None = None,
+    export: bool = True,
+) -> RunResult:
+    """Train ``recipe`` into ``out_dir``, continuing from its last checkpoint if it has one.
+
+    Writes ``recipe.yaml``, ``checkpoints/last.pt``, ``curves.json``, ``model.pt``,
+    ``metrics.json`` and, when the recipe asks for it, ``model.onnx`` + ``export.json``.
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    digest = recipe_digest(recipe)
+    previous = load_checkpoint(ckpt_dir)
+    if previous is not None and previous["recipe_digest"] != digest:
+        raise InputError(
+            "the output folder holds a checkpoint of a different recipe",
+            path=out_dir,
+            hint="use another --out folder, or delete the folder to start over",
+        )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    run = _Run(recipe, cat, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    tr = recipe.trainer
+    epochs_done, steps_done, history = 0, 0, []
+    resumed: int | None = None
+    if previous is not None:
+        run.model.load_state_dict(previous["model"])
+        run.optimizer.load_state_dict(previous["optimizer"])
+        run.scheduler.load_state_dict(previous["scheduler"])
+        restore_rng_states(previous["rng"])
+        epochs_done, steps_done = previous["epochs_done"], previous["steps_done"]
+        history = list(previous["history"])
+        resumed = epochs_done
+        logger.info("resuming %s from epoch %d", recipe.name, epochs_done)
+    metric_name = MAIN_METRIC[run.task]
+    last_metric: float | None = history[-1].get(metric_name) if history else None
+    n = len(run.train_cases)
+    steps = (n + tr.batch_size - 1) // tr.batch_size
+    started = time.monotonic()
+    stopped = "epochs"
+    finished_before = bool(history) and history[-1].get("stopped") == "time_budget"
+    run.model.train()
+    epoch = epochs_done
+    while epoch < tr.epochs and not finished_before:
+        epoch_seed = (tr.seed * 1_000_003 + epoch) % (2**32)
+        run.per_step.set_random_state(seed=epoch_seed)
+        gen = torch.Generator().manual_seed(epoch_seed)
+        order = torch.randperm(n, generator=gen).tolist()
+        losses = []
+        out_of_time = False
+        for s in range(steps):
+            x, y = run._batch(order[s * tr.batch_size : (s + 1) * tr.batch_size])
+            run.optimizer.zero_grad(set_to_none=True)
+            loss = run.loss_fn(run.model(x), y)
+            loss.backward()
+            run.optimizer.step()
+            steps_done += 1
+            losses.append(float(loss.detach()))
+            if progress:
+                progress(
+                    Progress(
+                        epoch + 1, tr.epochs, s + 1, steps, losses[-1], metric_name, last_metric
+                    )
+                )
+            if tr.time_budget_s is not None and time.monotonic() - started >= tr.time_budget_s:
+                out_of_time = True
+                break
+        run.scheduler.step()
+        epoch += 1
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "step": steps_done,
+            "loss": float(np.mean(losses)),
+            "lr": float(run.optimizer.param_groups[0]["lr"]),
+        }
+        last = epoch == tr.epochs or out_of_time
+        if epoch % tr.val_every == 0 or last:
+            row.update(run.validate())
+            last_metric = row[metric_name]
+            if progress:
+                progress(
+                    Progress(epoch, tr.epochs, steps, steps, row["loss"], metric_name, last_metric)
+                )
+        if out_of_time:
+            row["stopped"] = stopped = "time_budget"
+        history.append(row)
+        if epoch % tr.checkpoint_every == 0 or last:
+            save_checkpoint(ckpt_dir, run.state(epoch, steps_done, history))
+            _write_json(out_dir / "curves.json", history)
+        if out_of_time:
+            break
+    if finished_before:
+        stopped = "time_budget"
+    metrics = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("stopped",)}
+    torch.save(run.model.state_dict(), out_dir / "model.pt")
+    _write_json(out_dir / "metrics.json", {"validation": metrics, "class_names": run.class_names})
+    export_info = None
+    if export and recipe.export.onnx:
+        from medarena.lab.export import export_onnx
+
+        export_info = export_onnx(run, out_dir / "model.onnx")
+        _write_json(out_dir / "export.json", export_info)
+    return RunResult(
+        out_dir,
+        history[-1]["epoch"] if history else 0,
+        steps_done,
+        stopped,
+        resumed,
+        metrics,
+        history,
+        export_info,
+    )
