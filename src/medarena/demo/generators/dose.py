@@ -25,7 +25,7 @@ differ by site, so the dose shape and its predictability differ by site.
 Limits: no scatter, no heterogeneity beyond depth scaling, no inverse optimisation, one dose
 level (PTV70 only); OAR sparing is not modelled, so OAR doses follow geometry alone.
 
-Output: ``ingest/`` (MSD layout: channel 0 CT in HU, 1 possible-dose mask, 2 the ROIs as
+Output: ``data/`` (MSD layout: channel 0 CT in HU, 1 possible-dose mask, 2 the ROIs as
 bits of one uint8 map, bit k = ``ROIS[k]`` (PTV70, then the OARs in OpenKBP's order), so
 overlapping ROIs survive and no two channels are identical files; label = dose in cGy,
 uint16) and ``reference/<case>/`` for the test cases in the
@@ -168,7 +168,9 @@ def beam_dose(
     for angle in angles_deg:
         # Rotate so the beam travels along +y (array axis 1), from y = 0 upwards.
         rot_d = ndimage.rotate(density, angle, axes=(0, 1), reshape=False, order=1)
-        rot_t = ndimage.rotate(target.astype(np.float64), angle, axes=(0, 1), reshape=False)
+        rot_t = ndimage.rotate(
+            target.astype(np.float64), angle, axes=(0, 1), reshape=False, order=1
+        )
         bev = rot_t.max(axis=1) > 0.5  # (x, z) beam's-eye-view of the target
         bev = ndimage.binary_dilation(bev, iterations=margin_vox)
         fluence = ndimage.gaussian_filter(bev.astype(np.float64), penumbra_mm / sx)
@@ -201,7 +203,7 @@ def generate(
     check_args(n_train, n_test, seed, size)
     shape, spacing = GRIDS[size]
     root = Path(out_dir)
-    ingest_dir = root / "ingest"
+    ingest_dir = root / "data"
     ref_dir = root / "reference"
     subjects = draw_subjects(
         seed, TRACK, "hn", n_train, n_test, {k: v[0] for k, v in SITES.items()}, (35, 80)

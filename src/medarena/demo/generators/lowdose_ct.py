@@ -29,7 +29,7 @@ site.
 Limits: 2-D slices only, monochromatic parallel-beam geometry, no beam hardening, scatter,
 electronic noise or bowtie filter; a real slice's own scanner noise is part of its target.
 
-Output: ``ingest/`` (MSD layout: channel 0 the low-dose image, label = target, each
+Output: ``data/`` (MSD layout: channel 0 the low-dose image, label = target, each
 ``(n, n, 1)``) and ``reference/`` (the test targets, as ``medarena evaluate --task
 image-to-image`` reads them).
 """
@@ -199,7 +199,7 @@ def generate(
     check_args(n_train, n_test, seed, size)
     n, n_angles = GRIDS[size]
     root = Path(out_dir)
-    ingest_dir = root / "ingest"
+    ingest_dir = root / "data"
     ref_dir = root / "reference"
     subjects = draw_subjects(
         seed, TRACK, "ldct", n_train, n_test, {k: v[0] for k, v in SITES.items()}, (20, 85)

@@ -188,16 +188,20 @@ def _render(
 ) -> None:
     """Insert one sphere: partial-volume CT values and its label voxels."""
     sp = np.asarray(spacing)
-    grids = np.ogrid[tuple(slice(0, n) for n in ct.shape)]
+    r = finding.diameter / 2
+    # Only the sphere's bounding box (plus the partial-volume shell) can change.
+    lo = np.maximum(np.floor((finding.centre - r) / sp).astype(int) - 2, 0)
+    hi = np.minimum(np.ceil((finding.centre + r) / sp).astype(int) + 3, ct.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    grids = np.ogrid[box]
     dist = np.sqrt(
         sum(((g * s) - c) ** 2 for g, s, c in zip(grids, sp, finding.centre, strict=True))
     )
-    r = finding.diameter / 2
     frac = np.clip((r - dist) / sp.mean() + 0.5, 0.0, 1.0)
-    ct += frac * (finding.hu - ct)
+    ct[box] += frac * (finding.hu - ct[box])
     inside = dist <= r
-    inside[tuple(np.rint(finding.centre / sp).astype(int))] = True
-    label[inside] = 1 if finding.included else 2
+    inside[tuple(np.rint(finding.centre / sp).astype(int) - lo)] = True
+    label[box][inside] = 1 if finding.included else 2
 
 
 def generate(
@@ -207,7 +211,7 @@ def generate(
     check_args(n_train, n_test, seed, size)
     shape, spacing = GRIDS[size]
     root = Path(out_dir)
-    ingest_dir = root / "ingest"
+    ingest_dir = root / "data"
     ref_dir = root / "reference"
     subjects = draw_subjects(
         seed, TRACK, "chest", n_train, n_test, {k: v[0] for k, v in SITES.items()}, (50, 80)

@@ -27,7 +27,7 @@ by site.
 Limits: no partial-volume correction, no attenuation or scatter modelling, no motion,
 spherical lesions only, organs are ellipsoids.
 
-Output: ``ingest/`` (MSD layout: channel 0 CT in HU, int16; 1 PET in SUV, float32; label
+Output: ``data/`` (MSD layout: channel 0 CT in HU, int16; 1 PET in SUV, float32; label
 1 = lesion) and ``reference/`` (the test cases' lesion masks, as ``medarena evaluate --task
 autopet`` reads them).
 """
@@ -209,7 +209,7 @@ def generate(
     check_args(n_train, n_test, seed, size)
     shape, spacing = GRIDS[size]
     root = Path(out_dir)
-    ingest_dir = root / "ingest"
+    ingest_dir = root / "data"
     ref_dir = root / "reference"
     subjects = draw_subjects(
         seed, TRACK, "pet", n_train, n_test, {k: v[0] for k, v in SITES.items()}, (30, 85)
