@@ -80,7 +80,8 @@ def _pg_template(
     """(template database, data dir of its object store): the same world on PostgreSQL.
 
     Built once per session; each test clones it with CREATE DATABASE ... TEMPLATE
-    (about 30 ms, against about 250 ms to migrate and ingest again).
+    (measured on an idle machine: 30 ms to clone and 50-90 ms to drop, against 250 ms to
+    migrate and ingest again; under load 0.7 s + 0.2 s against 0.9 s + 0.2 s).
     """
     server = postgres_server
     name = f"medarena_tpl_{uuid.uuid4().hex[:12]}"
@@ -117,8 +118,9 @@ def catalogue(
     try:
         shutil.copytree(template_dir, tmp_path / "data")
         url = make_url(server).set(database=name).render_as_string(hide_password=False)
-        cat = open_catalogue(
-            get_settings(data_dir=tmp_path / "data", database_url=url, secret_key=SECRET)
+        cat = open_catalogue(  # the clone is at the head revision already
+            get_settings(data_dir=tmp_path / "data", database_url=url, secret_key=SECRET),
+            migrate=False,
         )
         yield cat
         cat.close()
