@@ -40,6 +40,7 @@ from medarena.evaluation.surface import (
     FloatArray,
     SurfaceDistances,
     border_distances,
+    border_distances_for_stats,
     surfel_distances,
 )
 
@@ -233,7 +234,18 @@ def _metrics_on_masks(
     need_surfel = ("hd95" in names and hd95_variant == "surface_area") or (
         "nsd" in names and nsd_variant == "surface_area"
     )
-    border = border_distances(pred, ref, spacing) if need_border else None
+    border: SurfaceDistances | None = None
+    if any(m in names for m in ("hd", "assd", "masd")):
+        border = border_distances(pred, ref, spacing)
+    elif need_border:
+        # only HD95 and/or NSD read the border distances: exact where they read them
+        border = border_distances_for_stats(
+            pred,
+            ref,
+            spacing,
+            hd95_variant=hd95_variant if "hd95" in names and not need_surfel else None,
+            nsd_tolerance_mm=nsd_tolerance_mm if "nsd" in names else None,
+        )
     surfel = surfel_distances(pred, ref, spacing) if need_surfel else None
     stats = distance_stats(border) if border is not None else {}
     for m in names:
@@ -413,10 +425,19 @@ def per_region(
         if box is None:
             p = r = np.zeros((1,) * pred_labels.ndim, bool)
         else:
-            p = np.isin(pred_labels[box], labels)
-            r = np.isin(ref_labels[box], labels)
+            p = _region_mask(pred_labels[box], labels)
+            r = _region_mask(ref_labels[box], labels)
         vals = _metrics_on_masks(
             p, r, sp, full_shape, names, nsd_tol, hd95_variant, nsd_variant, empty
         )
         out.update({f"{region}/{m}": v for m, v in vals.items()})
     return out
+
+
+def _region_mask(labels_map: NDArray[Any], labels: Sequence[int]) -> BoolArray:
+    """``np.isin(labels_map, labels)``; through a 256-entry table for uint8 maps (faster)."""
+    if labels_map.dtype == np.uint8:
+        table = np.zeros(256, bool)
+        table[[int(v) for v in labels if 0 <= int(v) <= 255]] = True
+        return np.asarray(np.take(table, labels_map), bool)
+    return np.asarray(np.isin(labels_map, labels), bool)

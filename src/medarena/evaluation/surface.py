@@ -11,9 +11,15 @@ Two published surface representations (docs/metrics.md, "Surfaces"):
   neighbourhood, and statistics are weighted by it.
 
 Distances from one surface to the other are exact Euclidean nearest-neighbour distances
-between point sets scaled by the spacing (a k-d tree over the target surface: on tumour-sized
-masks it is several times faster than a distance transform of the bounding box and gives the
-same numbers, see tests/evaluation/test_segmentation.py).
+between point sets scaled by the spacing, found in three steps: a point that lies on both
+surfaces is at 0; the grid offsets up to ``PROBE_RADIUS`` smallest spacings are probed in
+order of length (the first offset that lands on the other surface is the nearest point);
+the remaining points query a k-d tree over the other surface. On tumour-sized masks this is
+several times faster than a distance transform of the bounding box and gives the same
+numbers (tests/evaluation/test_segmentation.py, tests/evaluation/test_surface_fast.py).
+Every distance is computed from the integer offset to the nearest point as
+``sqrt(sum((offset_i * spacing_i) ** 2))``, the arithmetic of a Euclidean distance transform
+with ``sampling=spacing``.
 """
 
 from __future__ import annotations
@@ -144,14 +150,111 @@ class SurfaceDistances:
     ref_weights: FloatArray | None = None
 
 
-def _nearest(from_pts: FloatArray, to_pts: FloatArray) -> FloatArray:
+#: nearest points within this many smallest spacings are found by probing grid offsets
+#: (cheaper than a k-d tree query there); farther ones by the k-d tree. Measured on
+#: BraTS-sized cases: 2 removes about 40 % of the search time, 3 gains nothing more.
+PROBE_RADIUS = 2.0
+
+
+def argwhere(mask: BoolArray) -> IntArray:
+    """``np.argwhere(mask)`` (same rows, same C order), several times faster on 3D masks."""
+    flat = np.flatnonzero(mask)
+    if mask.ndim == 1:
+        return flat[:, None]
+    return np.stack(np.unravel_index(flat, mask.shape), axis=1)
+
+
+@lru_cache(maxsize=64)
+def _probe_offsets(spacing: tuple[float, ...]) -> tuple[IntArray, FloatArray, tuple[int, ...]]:
+    """Non-zero grid offsets no longer than ``PROBE_RADIUS`` smallest spacings, shortest
+    first, their lengths in mm, and the largest offset along each axis."""
+    sp = np.asarray(spacing, np.float64)
+    radius = PROBE_RADIUS * float(sp.min())
+    reach = tuple(int(np.floor(radius / s)) for s in spacing)
+    grid = np.array(list(itertools.product(*(range(-r, r + 1) for r in reach))), np.intp)
+    sq = ((grid * sp) ** 2).sum(axis=1)
+    keep = (sq > 0) & (sq <= radius * radius)
+    grid, sq = grid[keep], sq[keep]
+    order = np.argsort(sq, kind="stable")
+    return grid[order], np.sqrt(sq[order]), reach
+
+
+def _offset_lengths(offsets: IntArray, sp: FloatArray) -> FloatArray:
+    return np.asarray(np.sqrt(((offsets * sp) ** 2).sum(axis=1)), np.float64)
+
+
+def _tree(pts: IntArray, sp: FloatArray) -> cKDTree:
+    # an unbalanced tree with leaves of 32 builds fastest and queries as fast (measured on
+    # BraTS-sized borders)
+    return cKDTree(pts * sp, leafsize=32, balanced_tree=False, compact_nodes=False)
+
+
+def _probe(
+    src_pts: IntArray,
+    pending: IntArray,
+    dst_lookup: NDArray[np.intp] | BoolArray,
+    sp: FloatArray,
+    dist: FloatArray,
+    nearest: IntArray | None = None,
+) -> IntArray:
+    """Fill ``dist`` (and ``nearest``) for the ``pending`` source points whose nearest target
+    point is within ``PROBE_RADIUS`` smallest spacings; return the others.
+
+    ``dst_lookup`` is the target surface on the grid: a boolean mask, or (when ``nearest`` is
+    wanted) the index of each target point and -1 elsewhere. Grid offsets are probed
+    shortest first, so the first one that lands on the target is a nearest point.
+    """
+    offsets, lengths, reach = _probe_offsets(tuple(float(s) for s in sp))
+    if not (offsets.shape[0] and pending.size):
+        return pending
+    indexed = nearest is not None
+    padded = np.pad(dst_lookup, [(r, r) for r in reach], constant_values=-1 if indexed else False)
+    strides = np.array(padded.strides, np.intp) // padded.itemsize
+    flat_lookup = padded.reshape(-1)
+    flat = (src_pts[pending] + np.asarray(reach, np.intp)) @ strides
+    for step, length in zip((offsets @ strides).tolist(), lengths.tolist(), strict=True):
+        found = flat_lookup[flat + step]
+        hit = found >= 0 if indexed else found
+        if not hit.any():
+            continue
+        dist[pending[hit]] = length
+        if nearest is not None:
+            nearest[pending[hit]] = found[hit]
+        miss = ~hit
+        pending, flat = pending[miss], flat[miss]
+        if not pending.size:
+            break
+    return pending
+
+
+def _search(
+    src_pts: IntArray,
+    pending: IntArray,
+    dst_pts: IntArray,
+    dst_lookup: NDArray[np.intp] | BoolArray,
+    sp: FloatArray,
+    dist: FloatArray,
+    nearest: IntArray | None = None,
+) -> None:
+    """Fill ``dist[pending]`` (and ``nearest[pending]``) for source points off the target:
+    probing near the points (:func:`_probe`), then one k-d tree query for the rest."""
+    pending = _probe(src_pts, pending, dst_lookup, sp, dist, nearest)
+    if not pending.size:
+        return
+    src = src_pts[pending]
+    _, idx = _tree(dst_pts, sp).query(src * sp, k=1)
+    idx = np.asarray(idx, np.intp)
+    dist[pending] = _offset_lengths(dst_pts[idx] - src, sp)
+    if nearest is not None:
+        nearest[pending] = idx
+
+
+def _nearest(from_pts: IntArray, to_pts: IntArray, sp: FloatArray) -> FloatArray:
+    """Distance from each grid point of ``from_pts`` to the nearest of ``to_pts`` (k-d tree)."""
     if from_pts.shape[0] == 0:
         return np.zeros(0, np.float64)
-    # one batched query on a tree built once: an unbalanced tree with leaves of 32 builds
-    # fastest and queries as fast (measured on BraTS-sized borders)
-    tree = cKDTree(to_pts, leafsize=32, balanced_tree=False, compact_nodes=False)
-    dist, _ = tree.query(from_pts, k=1)
-    return np.asarray(dist, np.float64)
+    _, idx = _tree(to_pts, sp).query(from_pts * sp, k=1)
+    return _offset_lengths(to_pts[np.asarray(idx, np.intp)] - from_pts, sp)
 
 
 def _directed(
@@ -167,9 +270,7 @@ def _directed(
     """
     shared = dst_mask[tuple(src_pts.T)]
     dist = np.zeros(src_pts.shape[0])
-    other = np.flatnonzero(~shared)
-    if other.size:
-        dist[other] = _nearest(src_pts[other] * sp, dst_pts * sp)
+    _search(src_pts, np.flatnonzero(~shared), dst_pts, dst_mask, sp, dist)
     return dist
 
 
@@ -182,7 +283,7 @@ def border_distances(
     sp = np.asarray(spacing, np.float64)
     bp, br = voxel_border(pred), voxel_border(ref)
     # each surface's points are listed once and serve as source and as target
-    pp, pr = np.argwhere(bp), np.argwhere(br)
+    pp, pr = argwhere(bp), argwhere(br)
     p2r = _directed(pp, br, pr, sp)
     r2p = _directed(pr, bp, pp, sp)
     return SurfaceDistances(pred_to_ref=p2r, ref_to_pred=r2p)
@@ -200,11 +301,147 @@ def surfel_distances(
     cp, cr = neighbour_codes(pred), neighbour_codes(ref)
     bp = (cp != 0) & (cp != full)
     br = (cr != 0) & (cr != full)
-    pp, pr = np.argwhere(bp), np.argwhere(br)
+    pp, pr = argwhere(bp), argwhere(br)
     p2r = _directed(pp, br, pr, sp)
     r2p = _directed(pr, bp, pp, sp)
     wp, wr = table[cp[tuple(pp.T)]], table[cr[tuple(pr.T)]]
     return SurfaceDistances(pred_to_ref=p2r, ref_to_pred=r2p, pred_weights=wp, ref_weights=wr)
+
+
+# ------------------------------------------------------------------------------ statistics only
+
+#: edge of the cells (in smallest spacings) whose centres bound the distances of far points
+#: in :func:`border_distances_for_stats`; 3 left the fewest queries on BraTS-sized cases
+BOUND_CELL = 3.0
+
+
+class _BoundedDirected:
+    """Distances from the points of one surface to another, exact where ``lower == upper``
+    and bounded elsewhere; :meth:`refine` makes chosen points exact.
+
+    Shared points (0) and points within the probe radius are exact at once. A farther point
+    ``p`` is bounded through the centre ``c`` of its grid cell: with ``q`` the target point
+    nearest to ``c`` at distance ``d_c``, ``d_c - |p - c| <= d(p) <= |p - q|``.
+    """
+
+    def __init__(
+        self, src_pts: IntArray, dst_mask: BoolArray, dst_pts: IntArray, sp: FloatArray
+    ) -> None:
+        self.src_pts, self.dst_pts, self.sp = src_pts, dst_pts, sp
+        self.lower = np.zeros(src_pts.shape[0])
+        pending = np.flatnonzero(~dst_mask[tuple(src_pts.T)])
+        pending = _probe(src_pts, pending, dst_mask, sp, self.lower)
+        self.upper = self.lower.copy()
+        self._tree: cKDTree | None = None
+        if pending.size:
+            self._bound(pending)
+
+    def tree(self) -> cKDTree:
+        if self._tree is None:
+            self._tree = _tree(self.dst_pts, self.sp)
+        return self._tree
+
+    def _bound(self, pending: IntArray) -> None:
+        sp = self.sp
+        edge = np.maximum(np.rint(BOUND_CELL * sp.min() / sp), 1).astype(np.intp)
+        pts = self.src_pts[pending]
+        # occupied cells through a dense grid of cells (no sort)
+        cell = pts // edge
+        grid_shape = tuple(int(n) for n in cell.max(axis=0) + 1)
+        key = np.ravel_multi_index(tuple(cell.T), grid_shape)
+        occupied = np.zeros(int(np.prod(grid_shape)), bool)
+        occupied[key] = True
+        cell_ids = np.flatnonzero(occupied)
+        slot = np.zeros(occupied.size, np.intp)
+        slot[cell_ids] = np.arange(cell_ids.size)
+        inverse = slot[key]
+        cells = np.stack(np.unravel_index(cell_ids, grid_shape), axis=1)
+        centres = (cells * edge + (edge - 1) / 2.0) * sp
+        d_centre, q = self.tree().query(centres, k=1)
+        q = np.asarray(q, np.intp).reshape(-1)
+        self.upper[pending] = _offset_lengths(self.dst_pts[q[inverse]] - pts, sp)
+        to_centre = np.sqrt(((pts * sp - centres[inverse]) ** 2).sum(axis=1))
+        # a hair below the bound, so float rounding can never lift it above the distance;
+        # probed points are farther than the probe radius
+        lower = (np.asarray(d_centre).reshape(-1)[inverse] - to_centre) * (1 - 1e-12) - 1e-12
+        self.lower[pending] = np.maximum(lower, PROBE_RADIUS * float(sp.min()) * (1 - 1e-12))
+
+    def refine(self, which: BoolArray) -> None:
+        idx = np.flatnonzero(which & (self.lower < self.upper))
+        if not idx.size:
+            return
+        src = self.src_pts[idx]
+        _, near = self.tree().query(src * self.sp, k=1)
+        exact = _offset_lengths(self.dst_pts[np.asarray(near, np.intp)] - src, self.sp)
+        self.lower[idx] = exact
+        self.upper[idx] = exact
+
+
+def _percentile_candidates(lower: FloatArray, upper: FloatArray, percent: float) -> BoolArray:
+    """Points whose exact value can matter to ``np.percentile(values, percent)`` (linear).
+
+    The percentile reads the sorted values at ranks ``floor(h)`` and ``floor(h) + 1`` with
+    ``h = (n - 1) * percent / 100``; the value at rank ``lo`` is at least the ``lo``-th lower
+    bound ``a`` and the value at rank ``hi`` at most the ``hi``-th upper bound ``b``. A point
+    with ``upper < a`` sorts below both ranks and one with ``lower > b`` above them, whatever
+    its exact value; every other point is a candidate.
+    """
+    n = lower.size
+    lo = int(np.floor((n - 1) * percent / 100.0))
+    hi = min(lo + 1, n - 1)
+    a = np.partition(lower, lo)[lo]
+    b = np.partition(upper, hi)[hi]
+    return np.asarray(~((upper < a) | (lower > b)), bool)
+
+
+def border_distances_for_stats(
+    pred: BoolArray,
+    ref: BoolArray,
+    spacing: tuple[float, ...],
+    *,
+    hd95_variant: str | None,
+    nsd_tolerance_mm: float | None,
+) -> SurfaceDistances:
+    """Voxel-border distances that are exact wherever HD95 (``"max_directed"`` or
+    ``"pooled"``, None for none) and NSD at ``nsd_tolerance_mm`` (None for none) read them.
+
+    Use only for those two statistics: far points that cannot change them (they sort below
+    or above both ranks the 95th percentile reads and lie on a known side of the
+    tolerance) hold a bound on the same side instead of their exact distance, which spares
+    most k-d tree queries. ``hd95_from`` and ``nsd_from`` on the result return exactly what
+    they return on :func:`border_distances`.
+    """
+    if not pred.any() or not ref.any():
+        raise ValueError("surface distances need two non-empty masks")
+    if hd95_variant not in (None, "max_directed", "pooled"):
+        raise ValueError(f"no bounded distances for the HD95 variant {hd95_variant!r}")
+    sp = np.asarray(spacing, np.float64)
+    bp, br = voxel_border(pred), voxel_border(ref)
+    pp, pr = argwhere(bp), argwhere(br)
+    parts = (_BoundedDirected(pp, br, pr, sp), _BoundedDirected(pr, bp, pp, sp))
+    if nsd_tolerance_mm is not None:
+        for part in parts:
+            part.refine((part.lower <= nsd_tolerance_mm) & (part.upper > nsd_tolerance_mm))
+    if hd95_variant == "max_directed":
+        for part in parts:
+            part.refine(_percentile_candidates(part.lower, part.upper, 95.0))
+    elif hd95_variant == "pooled":
+        cand = _percentile_candidates(
+            np.concatenate([part.lower for part in parts]),
+            np.concatenate([part.upper for part in parts]),
+            95.0,
+        )
+        parts[0].refine(cand[: pp.shape[0]])
+        parts[1].refine(cand[pp.shape[0] :])
+    values = []
+    for part in parts:
+        exact = part.lower == part.upper
+        if nsd_tolerance_mm is None:
+            stand_in = part.lower
+        else:  # keep the side of the tolerance (every inexact point's side is known)
+            stand_in = np.where(part.upper <= nsd_tolerance_mm, part.upper, part.lower)
+        values.append(np.where(exact, part.lower, stand_in))
+    return SurfaceDistances(pred_to_ref=values[0], ref_to_pred=values[1])
 
 
 # ------------------------------------------------------------------------------ sub-pairs
@@ -246,12 +483,7 @@ def _directed_indexed(
     index[tuple(dst_pts.T)] = np.arange(dst_pts.shape[0])
     nearest = index[tuple(src_pts.T)]  # a shared point is its own nearest, at distance 0
     dist = np.zeros(src_pts.shape[0])
-    other = np.flatnonzero(nearest < 0)
-    if other.size:
-        tree = cKDTree(dst_pts * sp, leafsize=32, balanced_tree=False, compact_nodes=False)
-        d, i = tree.query(src_pts[other] * sp, k=1)
-        dist[other] = d
-        nearest[other] = i
+    _search(src_pts, np.flatnonzero(nearest < 0), dst_pts, index, sp, dist, nearest)
     return dist, nearest
 
 
@@ -270,7 +502,7 @@ def surface_pair(
         cp, cr = neighbour_codes(pred), neighbour_codes(ref)
         bp = (cp != 0) & (cp != full)
         br = (cr != 0) & (cr != full)
-    pp, pr = np.argwhere(bp), np.argwhere(br)
+    pp, pr = argwhere(bp), argwhere(br)
     p2r, pn = _directed_indexed(pp, pr, bp.shape, sp)
     r2p, rn = _directed_indexed(pr, pp, bp.shape, sp)
     wp = wr = None
@@ -310,7 +542,7 @@ def _sub_directed(
     # that contains the overall minimiser); the others are searched again among kept targets
     stale = ~dst_keep[nearest[src_keep]]
     if stale.any():
-        out[stale] = _nearest(src_pts[src_keep][stale] * sp, dst_pts[dst_keep] * sp)
+        out[stale] = _nearest(src_pts[src_keep][stale], dst_pts[dst_keep], sp)
     return out
 
 
