@@ -120,7 +120,7 @@ def write_bodies(w: World) -> dict[tuple[str, str], list[dict[str, Any]]]:
         for action in ("revoke", "captain")
         for t in targets
     ]
-    login = {"email": "ann@example.org", "password": "not-the-password"}
+    login = {"email": "nobody@example.org", "password": "not-the-password"}
     # a participant making itself (or another) organizer, or demoting the organizer
     role_forms: list[dict[str, Any]] = [
         {"data": {"action": "grant", "role": role, "user_id": str(c.user_id)}}
@@ -367,8 +367,8 @@ class _Owner:
             return False
         if table == "users":
             return row.get("id") == self.user_id
-        if table == "challenge_roles":
-            return False  # a role is granted, never taken
+        if table == "challenge_roles":  # joining makes one a participant; other roles
+            return row.get("role") == "participant" and row.get("user_id") == self.user_id
         if row.get("user_id") == self.user_id:
             return True
         if table == "teams":

@@ -46,6 +46,7 @@ from medarena.jobs import Worker
 from medarena.web.app import create_app
 
 SLUG = "brain-2025"
+OTHER_SLUG = "other-2025"
 PHASES = ("preliminary", "final")
 TRACKS = ("seg", "grade")
 DATASET = "brain"
@@ -218,9 +219,11 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
     work.mkdir(parents=True, exist_ok=True)
     case_keys = _grades(cat)
     callers: dict[str, Caller] = {"anonymous": Caller("anonymous", {})}
+    emails: dict[str, list[str]] = {}
     with cat.sessions() as s, s.begin():
         users = {}
-        for name, email in (("organizer", "olga"), ("A", "ann"), ("B", "ben"), ("C", "cid")):
+        people = (("organizer", "olga"), ("A", "ann"), ("B", "ben"), ("C", "cid"), ("D", "dora"))
+        for name, email in people:
             u = User(email=f"{email}@example.org", display_name=email, password_hash="x")
             s.add(u)
             s.flush()
@@ -228,17 +231,21 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
         ch = service.create_challenge(
             s, parse_spec(spec_yaml, "spec.yaml"), actor_id=users["organizer"].id
         )
+        # D organizes another challenge (on the same dataset): no role in this one
+        other = spec_yaml.replace(f"slug: {SLUG}", f"slug: {OTHER_SLUG}")
+        service.create_challenge(s, parse_spec(other, "other.yaml"), actor_id=users["D"].id)
         invitation_tokens, invitation_ids = {}, {}
         for name, u in users.items():
             _, plain = create_token(s, u, "main")
             spare, _ = create_token(s, u, "spare")
             caller = Caller(name, {"Authorization": f"Bearer {plain}"}, u.id, None, spare.id)
-            if name != "organizer":
+            if name in ("A", "B", "C"):
                 service.join_challenge(s, ch, u)
             if name in ("A", "B"):  # C has joined but is in no team
                 row = teams.create_team(s, ch, u, f"Team {name}")
                 inv, token = teams.invite(s, ch, row, u, f"guest-of-{name.lower()}@example.org")
                 invitation_tokens[name], invitation_ids[name] = token, inv.id
+                emails[name] = [u.email, inv.email]
                 caller.team_id = row.id
             callers[name] = caller
     client = TestClient(create_app(cat.settings, cat), raise_server_exceptions=False)
@@ -301,6 +308,8 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
                 mine.add_number(f"private-board score of {what}", sub.primary_score)
                 team_visible[team].add(repr(sub.primary_score).encode())
     for team in ("A", "B"):
+        for email in emails[team]:  # members' and invited addresses
+            private[team].add(f"e-mail address known to team {team}", email)
         errors = GRADE_ERRORS[team, "preliminary"] + GRADE_ERRORS[team, "final"]
         assert {repr(e).encode() for e in errors} <= set(hidden.items) | set(private[team].items)
         for key, e in zip(case_keys["validation"] + case_keys["test"], errors, strict=True):

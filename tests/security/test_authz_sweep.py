@@ -1,5 +1,5 @@
-"""Authorization sweep: every route and page as anonymous, a participant in no team (C),
-team B, team A and the organizer.
+"""Authorization sweep: every route and page as anonymous, the organizer of another
+challenge (D), a participant in no team (C), team B, team A and the organizer.
 
 Reads: no response (headers, body, zip/tar/gzip members, PNG slices) carries hidden-split
 labels or per-case results of the hidden split to a participant or anonymous caller, nor
@@ -31,7 +31,7 @@ from fastapi import FastAPI
 
 from medarena.datasets.catalogue import Catalogue
 
-PARTICIPANTS = ("anonymous", "C", "B", "A")
+PARTICIPANTS = ("anonymous", "D", "C", "B", "A")
 
 
 @pytest.fixture
@@ -119,10 +119,12 @@ def test_no_write_by_anonymous_or_a_team_changes_others_rows(world: World) -> No
     for name in PARTICIPANTS:
         caller = world.callers[name]
         forbidden = set(world.forbidden(name).values()) | hidden_labels(world)
+        before = snapshot(world)
         for call in writes:
-            before = snapshot(world)
             r = send(world, caller, call)
-            changed = foreign_changes(caller, before, snapshot(world))
+            after = snapshot(world)
+            changed = foreign_changes(caller, before, after)
+            before = after
             if changed:
                 problems.append(f"{name}: {call} ({r.status_code}) changed {changed}")
             if r.status_code >= 500:
