@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from gen_ingest_checks import (
+    assert_metadata_arrived,
+    assert_same_bytes,
+    ingest_track,
+    metadata,
+)
 from scipy import ndimage as ndi
 
-from medarena.config import get_settings
-from medarena.datasets.catalogue import case_records, open_catalogue
-from medarena.datasets.ingest import ingest
 from medarena.demo.generators import glioma
 from medarena.demo.generators.common import GeneratedTrack
 from medarena.errors import InputError
@@ -96,53 +98,27 @@ def test_brats_scorers_accept_the_labels(track: GeneratedTrack, tmp_path: Path) 
 
 
 def test_same_seed_same_bytes(track: GeneratedTrack, tmp_path: Path) -> None:
-    again = glioma.generate(tmp_path, n_train=4, n_test=2, seed=3, size="tiny")
-    assert again.files == track.files
-    for rel in (*track.files, "track.json"):
-        a, b = (track.root / rel).read_bytes(), (again.root / rel).read_bytes()
-        assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest(), rel
+    assert_same_bytes(track, glioma.generate(tmp_path, n_train=4, n_test=2, seed=3, size="tiny"))
     other = glioma.generate(tmp_path / "other", n_train=4, n_test=2, seed=4, size="tiny")
     rel = f"data/labelsTr/{track.train_ids[0]}.nii.gz"
     assert (other.root / rel).read_bytes() != (track.root / rel).read_bytes()
 
 
 def test_ingest_takes_the_track_as_is(track: GeneratedTrack, tmp_path: Path) -> None:
-    cat = open_catalogue(get_settings(data_dir=tmp_path / "data"))
-    try:
-        summary = ingest(cat, track.ingest_dir, "glioma")
-        assert not summary.issues, summary.issues
-        assert summary.cases_added == 6
-        rows = {r["case_key"]: r for r in case_records(cat, "glioma")}
-    finally:
-        cat.close()
-    assert sorted(rows) == sorted((*track.train_ids, *track.test_ids))
-    for cid, row in rows.items():
-        roles = sorted(o["role"] for o in row["objects"])
-        assert roles == ["image"] * 4 + ["label"], cid
-        assert row["sex"] in ("F", "M") and row["age_years"] is not None
-        assert row["site"] in glioma.SITES
-        assert row["manufacturer"] == glioma.SITES[row["site"]]
+    records = ingest_track(track, tmp_path / "data", "glioma")
+    assert_metadata_arrived(track, records, 4, glioma.SITES.__getitem__)
 
 
 def test_sites_differ_in_noise(track: GeneratedTrack) -> None:
     """Outside the head the images are pure Rician noise, whose level is the site's."""
     level: dict[str, list[float]] = {}
-    meta = {c: s for c, s in zip((*track.train_ids, *track.test_ids), _sites(track), strict=True)}
-    for cid, site in meta.items():
+    for cid, row in metadata(track).items():
         sub = "imagesTr" if cid in track.train_ids else "imagesTs"
         t1 = _load(track.ingest_dir / sub / f"{cid}_0000.nii.gz").astype(float)
         faces = np.concatenate([t1[0].ravel(), t1[-1].ravel(), t1[:, 0].ravel(), t1[:, -1].ravel()])
-        level.setdefault(site, []).append(float(np.median(faces)))
+        level.setdefault(row["site"], []).append(float(np.median(faces)))
     mean = {site: float(np.mean(v)) for site, v in level.items()}
-    assert mean["site-b"] > mean["site-c"] > mean["site-a"]  # sigma 0.05 > 0.04 > 0.02
-
-
-def _sites(track: GeneratedTrack) -> list[str]:
-    import csv
-
-    with (track.ingest_dir / "metadata.csv").open(newline="") as fh:
-        rows = {r["case_id"]: r["site"] for r in csv.DictReader(fh)}
-    return [rows[c] for c in (*track.train_ids, *track.test_ids)]
+    assert mean["site-B"] > mean["site-C"] > mean["site-A"]  # sigma 0.05 > 0.04 > 0.02
 
 
 def test_refuses_an_output_folder_with_files(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ modelled, no skull, a coarse grid (3 mm demo, 6 mm tiny).
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from medarena.demo.generators.common import (
     finish,
     relative_files,
     write_csv,
+    write_dataset_json,
     write_metadata,
     write_nifti,
 )
@@ -55,12 +55,12 @@ SPACING = {"demo": 3.0, "tiny": 6.0}
 AGE_RANGE = (20, 85)
 THINNING_PER_YEAR = 0.004
 VENTRICLE_GROWTH_MM_PER_YEAR = 0.016
-SITES = {"site-a": "SIEMENS", "site-b": "GE MEDICAL SYSTEMS", "site-c": "Philips"}
+SITES = {"site-A": "SIEMENS", "site-B": "GE MEDICAL SYSTEMS", "site-C": "Philips"}
 #: per site: T1 values of CSF, GM, WM; Rician noise sigma; bias field amplitude.
 SITE_EFFECTS: dict[str, dict[str, Any]] = {
-    "site-a": {"tissue": (0.20, 0.62, 1.00), "noise": 0.02, "bias": 0.08},
-    "site-b": {"tissue": (0.28, 0.70, 1.00), "noise": 0.05, "bias": 0.15},
-    "site-c": {"tissue": (0.15, 0.55, 1.00), "noise": 0.04, "bias": 0.30},
+    "site-A": {"tissue": (0.20, 0.62, 1.00), "noise": 0.02, "bias": 0.08},
+    "site-B": {"tissue": (0.28, 0.70, 1.00), "noise": 0.05, "bias": 0.15},
+    "site-C": {"tissue": (0.15, 0.55, 1.00), "noise": 0.04, "bias": 0.30},
 }
 
 
@@ -163,18 +163,14 @@ def generate(
         }
     train = [s.case_id for s in subjects if not s.test]
     test = [s.case_id for s in subjects if s.test]
-    meta = {
-        "name": "medarena demo: brain-age regression",
-        "description": "MNI152 brains aged by a documented atrophy model; see docs/demo-data.md",
-        "tensorImageSize": "3D",
-        "modality": {"0": "T1"},
-        "labels": {},
-        "numTraining": len(train),
-        "numTest": len(test),
-        "training": [{"image": f"./imagesTr/{c}.nii.gz"} for c in train],
-        "test": [f"./imagesTs/{c}.nii.gz" for c in test],
-    }
-    (data / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_dataset_json(
+        data,
+        name="medarena demo: brain-age regression",
+        description="MNI152 brains aged by a documented atrophy model; see docs/demo-data.md",
+        channels=("T1",),
+        subjects=subjects,
+        suffix=".nii.gz",
+    )
     write_metadata(data / "metadata.csv", subjects)
     write_csv(
         data / "targets.csv",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -108,7 +109,9 @@ def check_out_dir(out_dir: Path) -> Path:
 
 def case_rng(seed: int, track: str, index: int) -> np.random.Generator:
     """The random stream of one case: independent of the other cases and of the case count."""
-    salt = int.from_bytes(track.encode()[:8].ljust(8, b"\0"), "little")
+    # The whole name is hashed: "brain_age" and "brain_age/meta" must not share a stream,
+    # or a subject's image parameters would be a function of its age and sex.
+    salt = int.from_bytes(hashlib.sha256(track.encode()).digest()[:8], "little")
     return np.random.default_rng([seed, salt, index])
 
 
@@ -205,6 +208,35 @@ def write_metadata(
             for s in subjects
         ],
     )
+
+
+def write_dataset_json(
+    ingest_dir: Path,
+    *,
+    name: str,
+    description: str,
+    channels: Sequence[str],
+    subjects: Sequence[Subject],
+    suffix: str,
+) -> Path:
+    """``dataset.json`` of an image-only MSD folder (case labels come from a CSV instead)."""
+    train = [s.case_id for s in subjects if not s.test]
+    test = [s.case_id for s in subjects if s.test]
+    meta = {
+        "name": name,
+        "description": description,
+        "tensorImageSize": "2D" if suffix == ".png" else "3D",
+        "modality": {str(i): c for i, c in enumerate(channels)},
+        "labels": {},
+        "numTraining": len(train),
+        "numTest": len(test),
+        "training": [{"image": f"./imagesTr/{c}{suffix}"} for c in train],
+        "test": [f"./imagesTs/{c}{suffix}" for c in test],
+    }
+    path = ingest_dir / "dataset.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 def write_msd_layout(

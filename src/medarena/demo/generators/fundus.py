@@ -30,7 +30,6 @@ photograph the enlarged cup is painted over the detected disc and arteries are n
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +49,7 @@ from medarena.demo.generators.common import (
     finish,
     relative_files,
     write_csv,
+    write_dataset_json,
     write_metadata,
 )
 
@@ -66,12 +66,12 @@ LABEL_NAMES = (
 )
 REAL_SOURCE = "scikit-image retina photograph (skimage.data.retina, a real colour fundus image)"
 GLAUCOMA_CDR = 0.6
-SITES = {"site-a": "Topcon", "site-b": "Zeiss", "site-c": "Canon"}
+SITES = {"site-A": "Topcon", "site-B": "Zeiss", "site-C": "Canon"}
 #: per site: Gaussian noise sigma, blur sigma (fraction of the image width), RGB gain.
 SITE_EFFECTS: dict[str, dict[str, Any]] = {
-    "site-a": {"noise": 0.01, "blur": 0.0, "gain": (1.0, 1.0, 1.0)},
-    "site-b": {"noise": 0.04, "blur": 0.0, "gain": (0.9, 0.85, 0.85)},
-    "site-c": {"noise": 0.02, "blur": 0.004, "gain": (1.05, 1.0, 0.8)},
+    "site-A": {"noise": 0.01, "blur": 0.0, "gain": (1.0, 1.0, 1.0)},
+    "site-B": {"noise": 0.04, "blur": 0.0, "gain": (0.9, 0.85, 0.85)},
+    "site-C": {"noise": 0.02, "blur": 0.004, "gain": (1.05, 1.0, 0.8)},
 }
 FOV = 0.94  # radius of the field of view in the unit square [-1, 1]²
 REAL_FOV = 0.985  # that of the retina photograph
@@ -297,7 +297,7 @@ def draw_case(rng: np.random.Generator, age: int, real: bool, n: int) -> FundusC
         _, disc, macula = _real_photo(n)
         if left:
             disc, macula = (-disc[0], disc[1]), (-macula[0], macula[1])
-        disc_radius = 0.1
+        disc_radius = 0.075  # the photograph's disc, in unit-square coordinates
     else:
         disc = (0.36 * (-1 if left else 1) + rng.normal(0, 0.03), float(rng.normal(0, 0.05)))
         disc_radius = float(rng.uniform(0.085, 0.105))
@@ -411,18 +411,14 @@ def generate(
         }
     train = [s.case_id for s in subjects if not s.test]
     test = [s.case_id for s in subjects if s.test]
-    meta = {
-        "name": "medarena demo: fundus multi-disease classification",
-        "description": "Real and procedural fundi with inserted findings; see docs/demo-data.md",
-        "tensorImageSize": "2D",
-        "modality": {"0": "colour fundus photograph"},
-        "labels": {},
-        "numTraining": len(train),
-        "numTest": len(test),
-        "training": [{"image": f"./imagesTr/{c}.png"} for c in train],
-        "test": [f"./imagesTs/{c}.png" for c in test],
-    }
-    (data / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_dataset_json(
+        data,
+        name="medarena demo: fundus multi-disease classification",
+        description="Real and procedural fundi with inserted findings; see docs/demo-data.md",
+        channels=("colour fundus photograph",),
+        subjects=subjects,
+        suffix=".png",
+    )
     write_metadata(data / "metadata.csv", subjects)
     write_csv(data / "labels.csv", ("case_id", *LABEL_NAMES), rows)
     test_set = set(test)

@@ -51,12 +51,12 @@ CHANNELS = ("T1", "T1ce", "T2", "FLAIR")
 LABELS = {"0": "background", "1": "NCR", "2": "ED", "3": "ET"}
 SPACING = {"demo": 3.0, "tiny": 6.0}
 #: site -> scanner manufacturer; the sites differ in noise, bias field and blur (below).
-SITES = {"site-a": "SIEMENS", "site-b": "GE MEDICAL SYSTEMS", "site-c": "Philips"}
+SITES = {"site-A": "SIEMENS", "site-B": "GE MEDICAL SYSTEMS", "site-C": "Philips"}
 SITE_EFFECTS: dict[str, dict[str, float]] = {
     # noise: Rician sigma (fraction of WM T1); bias: field amplitude; blur: Gaussian sigma (voxels)
-    "site-a": {"noise": 0.02, "bias": 0.08, "blur": 0.0},
-    "site-b": {"noise": 0.05, "bias": 0.15, "blur": 0.0},
-    "site-c": {"noise": 0.04, "bias": 0.25, "blur": 0.8},
+    "site-A": {"noise": 0.02, "bias": 0.08, "blur": 0.0},
+    "site-B": {"noise": 0.05, "bias": 0.15, "blur": 0.0},
+    "site-C": {"noise": 0.04, "bias": 0.25, "blur": 0.8},
 }
 #: intensity per channel of CSF, GM, WM, NCR, ED, ET (arbitrary units; WM on T1 = 1).
 CONTRAST: dict[str, tuple[float, float, float, float, float, float]] = {
