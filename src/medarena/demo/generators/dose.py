@@ -108,7 +108,7 @@ def _anatomy(
     top = z.max()
     rois: dict[str, NDArray[np.bool_]] = {}
     # Thin structures keep at least a voxel's width on coarse grids (the "tiny" size).
-    thin = max(4.5, 0.6 * max(sx, sy))
+    thin = max(4.5, 0.75 * max(sx, sy))  # a disc this wide always holds a voxel centre
     cord = ((xx / thin) ** 2 + ((yy - canal_y) / thin) ** 2 <= 1.0) & (zz < 0.75 * top)
     rois["SpinalCord"] = cord
     rois["Brainstem"] = (xx / 10) ** 2 + ((yy - canal_y - 4) / 10) ** 2 + (
