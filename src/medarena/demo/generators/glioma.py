@@ -24,7 +24,7 @@ a coarse grid (3 mm demo, 6 mm tiny). Images are stored as int16.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from scipy import ndimage as ndi
 
 from medarena.demo.generators.common import (
     GeneratedTrack,
-    Subject,
     case_rng,
     check_args,
     check_out_dir,
@@ -226,13 +225,4 @@ def generate(
         size=size,
         notes={"version": VERSION, "spacing_mm": template.spacing, "cases": cases},
     )
-    return finish(_with_files(track))
-
-
-def _with_files(track: GeneratedTrack) -> GeneratedTrack:
-    from dataclasses import replace
-
-    return replace(track, files=relative_files(track.root))
-
-
-__all__ = ["CHANNELS", "LABELS", "Lesion", "Subject", "generate", "synthesise", "tumour_labels"]
+    return finish(replace(track, files=relative_files(root)))
