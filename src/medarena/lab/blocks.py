@@ -126,7 +126,11 @@ class OrientationParams(Params):
 def _orientation(p: OrientationParams, ctx: Context) -> Any:
     from monai.transforms import Orientationd
 
-    return Orientationd(keys=ctx.keys, axcodes=p.axcodes[: ctx.spatial_dims])
+    return Orientationd(
+        keys=ctx.keys,
+        axcodes=p.axcodes[: ctx.spatial_dims],
+        labels=(("L", "R"), ("P", "A"), ("I", "S")),
+    )
 
 
 class SpacingParams(Params):
@@ -463,9 +467,9 @@ class ResNetParams(Params):
 def _resnet(p: ResNetParams, ctx: Context) -> Any:
     from monai.networks.nets import ResNet
 
-    if len(p.layers) != len(p.block_inplanes):
+    if len(p.layers) != 4 or len(p.block_inplanes) != 4:
         raise InputError(
-            "resnet.layers and resnet.block_inplanes need the same length",
+            "resnet.layers and resnet.block_inplanes need 4 values each (4 stages)",
             value={"layers": p.layers, "block_inplanes": p.block_inplanes},
         )
     return ResNet(
