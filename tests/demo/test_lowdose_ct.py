@@ -15,6 +15,7 @@ from medarena.demo.generators import lowdose_ct
 from medarena.demo.generators.common import GeneratedTrack, case_rng
 from medarena.evaluation.image import image_metrics
 from medarena.evaluation.runner import evaluate
+from medarena.evaluation.subgroups import read_case_attributes, subgroup_analysis
 
 N_TRAIN, N_TEST, SEED = 6, 3, 5
 
@@ -118,3 +119,22 @@ def test_ingest_takes_the_track_as_is(track: GeneratedTrack, tmp_path: Path) -> 
             assert rec["spacing"][0] == pytest.approx(lowdose_ct.PHANTOM_FOV_MM / 64, abs=1e-3)
         else:  # a real slice keeps its own (cropped, resampled) pixel size
             assert 0.2 < rec["spacing"][0] < 10.0
+
+
+def test_subgroup_analysis_by_site_shows_the_dose_effect(tmp_path: Path) -> None:
+    t = lowdose_ct.generate(tmp_path / "t", n_train=0, n_test=12, seed=1, size="tiny")
+    low = tmp_path / "low"
+    low.mkdir()
+    for cid in t.test_ids:
+        src = t.ingest_dir / "imagesTs" / f"{cid}_0000.nii.gz"
+        (low / f"{cid}.nii.gz").write_bytes(src.read_bytes())
+    result = evaluate(t.task, t.reference, low, t.task_config)
+    attrs = read_case_attributes(t.ingest_dir / "metadata.csv")
+    by_site = subgroup_analysis(result.cases, attrs, metric="psnr", by="site", bootstrap=50)
+    means = {g.value: g.mean for g in by_site.groups}
+    assert means["site-A"] > means["site-B"] > means["site-C"]
+    assert by_site.best == "site-A" and by_site.worst == "site-C"
+    by_vendor = subgroup_analysis(
+        result.cases, attrs, metric="psnr", by="manufacturer", bootstrap=50
+    )
+    assert by_vendor.worst == lowdose_ct.SITES["site-C"][0]
