@@ -258,6 +258,9 @@ def send(w: World, caller: Caller, call: Call) -> Any:
     """Send ``call`` as ``caller``, following no redirect."""
     body = dict(call.body)
     headers = {**body.pop("headers", {}), **caller.headers}
+    w.client.cookies.clear()  # no cookie set by an earlier answer (a signup's session)
+    for name, value in caller.cookies.items():
+        w.client.cookies.set(name, value)
     return w.client.request(
         call.method,
         call.path,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import shutil
 import zipfile
 from collections.abc import Iterable
@@ -44,6 +45,7 @@ from medarena.db.platform_models import Submission, User
 from medarena.evaluation.results import EvaluationResult
 from medarena.jobs import Worker
 from medarena.web.app import create_app
+from medarena.web.deps import ANON_CSRF_COOKIE, CSRF_HEADER
 
 SLUG = "brain-2025"
 OTHER_SLUG = "other-2025"
@@ -79,6 +81,7 @@ class Caller:
     user_id: int | None = None
     team_id: int | None = None
     spare_token_id: int | None = None  # a token the sweep may revoke without locking it out
+    cookies: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -249,6 +252,16 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
                 caller.team_id = row.id
             callers[name] = caller
     client = TestClient(create_app(cat.settings, cat), raise_server_exceptions=False)
+    # Anonymous holds the pre-login CSRF cookie and token a browser gets from /login, so
+    # its page forms pass the CSRF check and meet the authorization checks behind it.
+    r = client.get("/login")
+    m = re.search(r'name="csrf_token" value="([^"]+)"', r.text)
+    assert r.status_code == 200 and m, r.text
+    callers["anonymous"] = Caller(
+        "anonymous",
+        {CSRF_HEADER: m.group(1)},
+        cookies={ANON_CSRF_COOKIE: client.cookies[ANON_CSRF_COOKIE]},
+    )
 
     with cat.sessions() as s:
         grades = {c.case_key: float(c.labels["grade"]) for c in s.scalars(select(Case))}
