@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from gen_ingest_checks import assert_metadata_arrived, assert_same_bytes, ingest_track, metadata
+from scipy import ndimage
 
 from medarena.demo.generators import petct
 from medarena.demo.generators.common import GeneratedTrack, case_rng
@@ -74,6 +75,15 @@ def test_physiological_uptake_and_lesion_contrast() -> None:
     liver = organs["liver"]
     assert np.std(scans["site-C"][liver]) > np.std(scans["site-A"][liver])
     assert abs(scans["site-A"][liver].mean() - suv[liver].mean()) < 0.2 * suv[liver].mean()
+    # hot lesions stand out from the tissue around them after blur and noise
+    hot = suv.copy()
+    for b in balls:
+        hot[b] = hot[b] * 4.0 + 1.0
+    _v, fwhm, counts, _n = petct.SITES["site-A"]
+    scan = petct._pet_scan(case_rng(0, "pet-test", 2), hot, spacing, fwhm, counts)
+    for b in balls:
+        shell = ndimage.binary_dilation(b, iterations=2) & ~b
+        assert scan[b].mean() > 1.5 * scan[shell].mean()
 
 
 def test_autopet_scores_the_reference_as_perfect(track: GeneratedTrack, tmp_path: Path) -> None:
