@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import io
 import json
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -288,6 +289,15 @@ def write_msd_layout(
     written.append(js)
     written.append(write_metadata(ingest_dir / "metadata.csv", subjects, extra_columns))
     return written
+
+
+def copy_test_labels(written: Iterable[Path], ref_dir: Path) -> Path:
+    """Copy the ``labelsTs`` files among ``written`` into ``ref_dir`` (a label-map reference)."""
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    for p in written:
+        if p.parent.name == "labelsTs":
+            shutil.copyfile(p, ref_dir / p.name)
+    return ref_dir
 
 
 def finish(track: GeneratedTrack) -> GeneratedTrack:

@@ -37,7 +37,6 @@ image-to-image`` reads them).
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from medarena.demo.generators.common import (
     GeneratedTrack,
     case_rng,
     check_args,
+    copy_test_labels,
     draw_subjects,
     finish,
     relative_files,
@@ -236,10 +236,7 @@ def generate(
         spacing=spacings,
         extra_columns=extra,
     )
-    ref_dir.mkdir(parents=True, exist_ok=True)
-    for p in written:
-        if p.parent.name == "labelsTs":
-            shutil.copyfile(p, ref_dir / p.name)
+    copy_test_labels(written, ref_dir)
     return finish(
         GeneratedTrack(
             track=TRACK,

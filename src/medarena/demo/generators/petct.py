@@ -34,7 +34,6 @@ autopet`` reads them).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from medarena.demo.generators.common import (
     GeneratedTrack,
     case_rng,
     check_args,
+    copy_test_labels,
     draw_subjects,
     finish,
     relative_files,
@@ -252,10 +252,7 @@ def generate(
         spacing=spacing,
         extra_columns=extra,
     )
-    ref_dir.mkdir(parents=True, exist_ok=True)
-    for p in written:
-        if p.parent.name == "labelsTs":
-            shutil.copyfile(p, ref_dir / p.name)
+    copy_test_labels(written, ref_dir)
     return finish(
         GeneratedTrack(
             track=TRACK,
