@@ -52,20 +52,13 @@ from medarena.demo.generators.common import (
     write_msd_layout,
     write_nifti,
 )
+from medarena.evaluation.dose import OPENKBP_OARS
 
 TRACK = "dose"
 VERSION = "1"
 PRESCRIPTION_GY = 70.0
 TARGET = "PTV70"
-OARS = (
-    "Brainstem",
-    "SpinalCord",
-    "RightParotid",
-    "LeftParotid",
-    "Esophagus",
-    "Larynx",
-    "Mandible",
-)
+OARS = OPENKBP_OARS  # the OpenKBP organ names, in its order
 ROIS = (TARGET, *OARS)
 MU_PER_MM = 0.005
 MARGIN_MM = 5.0
