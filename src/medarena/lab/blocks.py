@@ -414,9 +414,9 @@ class DynUNetParams(Params):
 def _dynunet(p: DynUNetParams, ctx: Context) -> Any:
     from monai.networks.nets import DynUNet
 
-    if len(p.strides) != len(p.filters):
+    if len(p.strides) != len(p.filters) or len(p.filters) < 3:
         raise InputError(
-            "dynunet.strides needs one value per filter level",
+            "dynunet.strides needs one value per filter level, and at least 3 levels",
             value={"filters": p.filters, "strides": p.strides},
         )
     return DynUNet(
