@@ -293,10 +293,13 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
         hidden.add_number(f"hidden label grade of {key}", HIDDEN_GRADES[i])
         hidden.add(f"hidden label file digest of {key}", labels[key])
         hidden.add(f"hidden label file bytes of {key}", cat.store.get_bytes(labels[key]))
+    archive_digests: dict[int, str] = {}
+    prediction_pngs: dict[bytes, str] = {}
     with cat.sessions() as s:
         for (team, phase, track), sid in submissions.items():
             sub = s.get(Submission, sid)
             assert sub is not None and sub.status == "scored", (team, phase, track, sub)
+            archive_digests[sid] = sub.archive_digest
             assert sub.result_digest is not None
             mine = private[team]
             what = f"team {team} {phase}/{track} submission {sid}"
@@ -331,6 +334,27 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
     for team, seen in team_visible.items():
         assert not seen & set(forbidden_for(hidden, private, team)), team
 
+    # each team's predictions as the viewer draws them (outlined overlays), where no other
+    # team's prediction or any reference draws the same picture
+    drawn: dict[bytes, set[str]] = {}
+    for (team, _phase, track), sid in submissions.items():
+        if track != "seg":
+            continue
+        with zipfile.ZipFile(io.BytesIO(cat.store.get_bytes(archive_digests[sid]))) as zf:
+            for member in zf.namelist():
+                path = work / f"{sid}-{member}"
+                path.write_bytes(zf.read(member))
+                for index in range(viewer.volume_shape(path)[2]):
+                    png = viewer.label_slice_png(path, 2, index, outline=True)
+                    drawn.setdefault(png, set()).add(team)
+                    prediction_pngs[png] = (
+                        f"team {team} prediction overlay of {member} in submission {sid}, "
+                        f"slice {index}"
+                    )
+    for png, who in drawn.items():
+        if len(who) == 1:
+            (team,) = who
+            private[team].add(prediction_pngs[png], png)
     hidden_pngs: dict[bytes, str] = {}
     public_pngs = set()
     for key, digest in labels.items():
@@ -343,7 +367,12 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
                 public_pngs.add(png)
     for png in public_pngs:  # e.g. an empty slice looks the same for every case
         hidden_pngs.pop(png, None)
+    for png in hidden_pngs.keys() | public_pngs:
+        for secrets in private.values():
+            secrets.items.pop(png, None)
     assert len(hidden_pngs) >= 2
+    for team, secrets in private.items():
+        assert any("prediction overlay" in x for x in secrets.items.values()), team
     return World(
         client,
         cat,

@@ -107,6 +107,8 @@ def test_no_read_leaks_hidden_labels_or_other_teams_results(world: World) -> Non
         if label.startswith(("per-case", "private-board score")) and "(%.4g)" not in label
     ]
     assert own and sorted(set(own) - set(seen["A"])) == []
+    overlays = {x for x in world.private["A"].items.values() if "prediction overlay" in x}
+    assert overlays & set(seen["A"]), "team A saw none of its own prediction overlays"
     elapsed = time.monotonic() - start
     print(f"read sweep: {len(reads)} requests x {len(world.callers)} callers in {elapsed:.1f} s")
 
