@@ -77,6 +77,13 @@ def test_one_beam_attenuates_with_depth_and_has_a_penumbra() -> None:
         dose.generate(Path("unused"), n_train=-1, n_test=1, seed=0, size="tiny")
 
 
+def test_refuses_to_mix_cases_with_an_existing_folder(track: GeneratedTrack) -> None:
+    before = sorted(p for p in track.root.rglob("*"))
+    with pytest.raises(InputError, match="empty folder"):
+        dose.generate(track.root, n_train=1, n_test=1, seed=8, size="tiny")
+    assert sorted(p for p in track.root.rglob("*")) == before
+
+
 def test_reference_scores_perfectly_against_itself(track: GeneratedTrack, tmp_path: Path) -> None:
     pred = tmp_path / "pred"
     pred.mkdir()

@@ -52,6 +52,7 @@ from medarena.demo.generators.common import (
     GeneratedTrack,
     case_rng,
     check_args,
+    check_out_dir,
     copy_test_labels,
     draw_subjects,
     finish,
@@ -198,7 +199,7 @@ def generate(
     """Write the low-dose CT track under ``out_dir`` and describe it (module docstring)."""
     check_args(n_train, n_test, seed, size)
     n, n_angles = GRIDS[size]
-    root = Path(out_dir)
+    root = check_out_dir(out_dir)
     ingest_dir = root / "data"
     ref_dir = root / "reference"
     subjects = draw_subjects(

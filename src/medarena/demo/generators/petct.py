@@ -45,6 +45,7 @@ from medarena.demo.generators.common import (
     GeneratedTrack,
     case_rng,
     check_args,
+    check_out_dir,
     copy_test_labels,
     draw_subjects,
     finish,
@@ -208,7 +209,7 @@ def generate(
     """Write the PET/CT track under ``out_dir`` and describe it (module docstring: model)."""
     check_args(n_train, n_test, seed, size)
     shape, spacing = GRIDS[size]
-    root = Path(out_dir)
+    root = check_out_dir(out_dir)
     ingest_dir = root / "data"
     ref_dir = root / "reference"
     subjects = draw_subjects(
