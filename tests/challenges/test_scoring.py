@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import time
 import zipfile
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from medarena.challenges.data import subset_cases
 from medarena.challenges.scoring import HANDLERS, score_submission
@@ -19,6 +20,7 @@ from medarena.challenges.spec import ChallengeSpec
 from medarena.challenges.submissions import (
     SCORE_JOB_KIND,
     SubmissionRefused,
+    submission_detail,
     submission_status,
     submit,
 )
@@ -36,11 +38,14 @@ from medarena.evaluation.results import EvaluationResult
 from medarena.jobs import JobContext, LeaseLost, Worker, claim, enqueue
 
 
-def _setup(cat: Catalogue, spec: ChallengeSpec) -> tuple[int, dict[str, bytes]]:
-    """Challenge, one team with one member; the validation cases' label maps by case key."""
+def _setup(cat: Catalogue, spec: ChallengeSpec, **seg: Any) -> tuple[int, dict[str, bytes]]:
+    """Challenge, one team with one member; the validation cases' label maps by case key.
+
+    ``seg`` overrides fields of the first track.
+    """
     data = spec.model_dump(mode="json")
     # the engine names a structure's metric "<structure>/<metric>"
-    data["tracks"][0].update(primary_metric="tumour/dice", metrics=["tumour/dice"])
+    data["tracks"][0].update({"primary_metric": "tumour/dice", "metrics": ["tumour/dice"], **seg})
     with cat.sessions() as s, s.begin():
         ch = Challenge(slug=spec.slug, title=spec.title, spec=data)
         u = User(email="ada@example.org", display_name="ada", password_hash="x")
@@ -168,6 +173,38 @@ def test_scored_exactly_once_when_a_lease_is_lost(
         assert sub is not None and sub.scored_at == scored_at
         last = s.scalars(select(Job).order_by(Job.id.desc())).first()
         assert last is not None and "skipped" in last.result
+
+
+def test_infinite_and_undefined_scores_are_stored(
+    catalogue: Catalogue, spec: ChallengeSpec
+) -> None:
+    """Aggregate means may be inf (PSNR of a perfect image-to-image prediction: MSE 0) or
+    NaN (no case defines the metric). The scores column keeps them on each backend, though
+    PostgreSQL's json type has no Infinity or NaN token, and the API shows them as text."""
+    uid, labels = _setup(catalogue, spec)
+    sid = _submit(catalogue, uid, _zip({f"{k}.nii.gz": v for k, v in labels.items()}))
+    assert _worker(catalogue).run_until_idle() == 1
+    scores = {"psnr": math.inf, "low": -math.inf, "undefined": math.nan, "nmse": 0.0}
+    with catalogue.sessions() as s, s.begin():  # as the scoring job writes them
+        s.execute(
+            update(Submission)
+            .where(Submission.id == sid)
+            .values(scores=scores, primary_score=math.inf)
+        )
+    with catalogue.sessions() as s:
+        sub = s.get(Submission, sid)
+        user = s.get(User, uid)
+        assert sub is not None and user is not None
+        assert sub.primary_score == math.inf
+        assert {k: v for k, v in sub.scores.items() if k != "undefined"} == {
+            "psnr": math.inf,
+            "low": -math.inf,
+            "nmse": 0.0,
+        }
+        assert math.isnan(sub.scores["undefined"])
+        shown = submission_detail(s, catalogue.store, sub, user)
+        assert shown["scores"] == {"psnr": "inf", "low": "-inf", "undefined": "nan", "nmse": 0.0}
+        assert shown["primary_score"] == "inf"
 
 
 def test_handler_registry_names_the_kind() -> None:

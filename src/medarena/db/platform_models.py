@@ -7,6 +7,7 @@ Alembic chain migrates both.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from sqlalchemy import (
@@ -19,13 +20,46 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 
 from medarena.db.models import Base, UTCDateTime, utcnow
 
 _TS = UTCDateTime()
+
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+class ScoreMap(TypeDecorator[dict[str, Any]]):
+    """JSON of metric name -> float that keeps inf, -inf and NaN on every backend.
+
+    Aggregate means may be infinite (PSNR of a perfect prediction) or NaN (no case defines
+    the metric). PostgreSQL's json type refuses the Infinity/NaN tokens Python writes, so
+    they are stored as the strings "inf", "-inf" and "nan" and read back as floats.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: dict[str, Any] | None, dialect: Dialect
+    ) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        return {
+            k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in value.items()
+        }
+
+    def process_result_value(
+        self, value: dict[str, Any] | None, dialect: Dialect
+    ) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        return {k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in value.items()}
 
 
 class User(Base):
@@ -193,7 +227,7 @@ class Submission(Base):
     counts_toward_limit: Mapped[bool] = mapped_column(Boolean, default=True)
     result_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     primary_score: Mapped[float | None] = mapped_column(Float, nullable=True)
-    scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # aggregate means
+    scores: Mapped[dict[str, Any]] = mapped_column(ScoreMap, default=dict)  # aggregate means
     score_revision: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow, index=True)
     scored_at: Mapped[dt.datetime | None] = mapped_column(_TS, nullable=True)
