@@ -36,6 +36,7 @@ from medarena.challenges.service import (
     subset_info,
 )
 from medarena.challenges.spec import ChallengeSpec, Track
+from medarena.datasets import dose as dose_ref
 from medarena.db.models import Case, Dataset, Split, SplitAssignment
 from medarena.db.platform_models import Challenge, User
 from medarena.errors import InputError
@@ -104,6 +105,15 @@ def _entries(cases: list[Case], roles: tuple[str, ...], *, labels_csv: bool) -> 
     out: list[ZipEntry] = []
     for c in cases:
         for o in sorted(c.objects, key=lambda o: (o.role, o.name)):
+            if dose_ref.is_dose_role(o.role):
+                # dose cases: structures and the possible-dose mask are inputs, the dose
+                # is the label (named by case id, as predictions are)
+                if o.role == dose_ref.DOSE_ROLE and "label" in roles:
+                    out.append(ZipEntry(f"labels/{c.case_key}.nii.gz", o.digest))
+                elif o.role != dose_ref.DOSE_ROLE and "image" in roles:
+                    name = dose_ref.reference_file_name(o.role)
+                    out.append(ZipEntry(f"structures/{c.case_key}/{name}", o.digest))
+                continue
             if o.role not in roles:
                 continue
             if o.role == "image":

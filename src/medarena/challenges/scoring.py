@@ -46,6 +46,7 @@ from medarena.challenges.service import find_track_phase, load_spec
 from medarena.challenges.submissions import INTERNAL_FAILURE as INTERNAL_PROBLEM
 from medarena.challenges.submissions import SCORE_JOB_KIND
 from medarena.config import get_settings
+from medarena.datasets import dose as dose_ref
 from medarena.db.platform_models import Challenge, Submission
 from medarena.errors import ConfigError, InputError, UserInputError
 from medarena.evaluation import tasks as tasks_mod
@@ -71,7 +72,8 @@ def _sanitise(text: str, ref_dir: Path, pred_dir: Path) -> str | None:
 
 
 def materialise_reference(store: LocalObjectStore, cases: list[Any], task: str, dest: Path) -> Path:
-    """Write the reference of ``cases`` under ``dest``: a folder of label maps or a CSV.
+    """Write the reference of ``cases`` under ``dest``: a folder of label maps (of case
+    folders for dose, see :mod:`medarena.datasets.dose`) or a CSV.
 
     Returns the path to give :func:`evaluate` as its reference. A case without a label
     object (image tasks) is an organizer's data problem and raises RuntimeError (retried,
@@ -89,10 +91,13 @@ def materialise_reference(store: LocalObjectStore, cases: list[Any], task: str, 
                     [c.case_key, *("" if c.labels.get(k) is None else c.labels[k] for k in columns)]
                 )
         return path
-    if task == "dose":
-        raise RuntimeError("dose tracks need per-case reference folders: not supported yet")
     folder = dest / "reference"
     folder.mkdir()
+    if task == "dose":
+        # one folder per case: dose, possible-dose mask, structures (datasets.dose roles)
+        for c in cases:
+            dose_ref.write_reference_folder(store, c, folder)
+        return folder
     for c in cases:
         labels = [o for o in c.objects if o.role in _LABEL_ROLES]
         if len(labels) != 1:

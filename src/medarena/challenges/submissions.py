@@ -9,7 +9,8 @@
    ``max_upload_mb`` (never held in memory);
 3. the archive is extracted safely (:mod:`medarena.challenges.archives`) and checked
    against the scored subset: case ids (unknown, duplicate, missing), file types, the shape
-   of each prediction against its input image, and label values for segmentation tasks;
+   of each prediction against its input image, label values for segmentation tasks and
+   finite, non-negative doses for dose tasks;
    any problem refuses the upload at once with the whole list;
 4. the archive enters the object store, and in **one locked transaction** the phase is
    checked open again, the team's submissions are counted, the Submission row is inserted
@@ -263,6 +264,21 @@ def _shape_key(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(s)
 
 
+def _dose_problem(img: Any) -> str | None:
+    """Why a predicted dose volume is unusable (None: finite and non-negative Gy)."""
+    try:
+        dose = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for truncated data
+        return f"voxel data cannot be read ({type(exc).__name__})"
+    if dose.dtype.kind not in "fiu":
+        return f"dose must be numbers, found data type {dose.dtype}"
+    if dose.dtype.kind == "f" and not np.all(np.isfinite(dose)):
+        return "dose holds NaN or infinite values"
+    if dose.size and float(dose.min()) < 0:
+        return f"dose holds negative values (minimum {float(dose.min()):g}); dose is in Gy, >= 0"
+    return None
+
+
 def validate_image_predictions(
     files: Sequence[ExtractedFile],
     cases: dict[str, Case],
@@ -305,6 +321,11 @@ def validate_image_predictions(
                 f"{f.member}: shape {list(shape)} differs from the input image's "
                 f"shape {list(expected)}"
             )
+            continue
+        if task == "dose":
+            problem = _dose_problem(img)
+            if problem:
+                problems.append(f"{f.member}: {problem}")
             continue
         if allowed is not None:
             try:

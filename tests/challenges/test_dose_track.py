@@ -1,0 +1,279 @@
+"""Dose tracks end to end: reference stored as case objects, archives checked, OpenKBP scores.
+
+A tiny generated dataset: four CTs ingested as usual, then for each case a reference
+folder (dose in Gy, possible-dose mask, structures PTV70 and SpinalCord) attached with
+:func:`medarena.datasets.dose.attach_dose_references`. Submissions go through
+:func:`submit` and a real worker, on SQLite and PostgreSQL (``db_url``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from medarena.challenges.data import plan_download, subset_cases
+from medarena.challenges.scoring import HANDLERS
+from medarena.challenges.spec import ChallengeSpec
+from medarena.challenges.submissions import SubmissionRefused, submit
+from medarena.config import get_settings
+from medarena.datasets.catalogue import Catalogue, make_split, open_catalogue
+from medarena.datasets.dose import attach_dose_references
+from medarena.datasets.ingest import ingest
+from medarena.datasets.splits import SplitSpec
+from medarena.db.models import Case
+from medarena.db.platform_models import (
+    Challenge,
+    RulesAcceptance,
+    Submission,
+    Team,
+    TeamMember,
+    User,
+)
+from medarena.errors import InputError
+from medarena.evaluation.results import EvaluationResult
+from medarena.jobs import Worker
+
+SHAPE = (8, 8, 6)
+AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm^3 voxels: 0.1 cc is 50 voxels
+N = 4
+
+
+def _save(arr: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(arr, AFFINE), str(path))
+
+
+def _dose(i: int) -> np.ndarray:
+    """A dose peak of 70 Gy at the target, falling off with distance; 0 outside the body."""
+    x, y, _ = np.indices(SHAPE, dtype=np.float32)
+    dose = 70.0 * np.exp(-((x - 3.5 - i % 2) ** 2 + (y - 3.5) ** 2) / 20.0)
+    dose[_body() == 0] = 0.0
+    return dose.astype(np.float32)
+
+
+def _body() -> np.ndarray:
+    m = np.zeros(SHAPE, np.uint8)
+    m[1:7, 1:7, :] = 1
+    return m
+
+
+def _write_world(src: Path, refs: Path) -> None:
+    for i in range(N):
+        key = f"hn{i}"
+        ct = np.where(_body() > 0, 40.0, -1000.0).astype(np.float32)
+        _save(
+            ct + np.random.default_rng(i).normal(0, 5, SHAPE).astype(np.float32),
+            src / f"{key}.nii.gz",
+        )
+        ptv, cord = np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)
+        ptv[3:5, 3:5, 2:4] = 1
+        cord[5:7, 1:3, :] = 1
+        _save(_dose(i), refs / key / "dose.nii.gz")
+        _save(_body(), refs / key / "possible_dose_mask.nii.gz")
+        _save(ptv, refs / key / "PTV70.nii.gz")
+        _save(cord, refs / key / "SpinalCord.nii.gz")
+
+
+SPEC = {
+    "slug": "kbp",
+    "title": "Dose prediction",
+    "rules": "Predict the dose.",
+    "tracks": [
+        {
+            "slug": "dose",
+            "title": "Dose",
+            "task": "dose",
+            "task_config": {"rois": ["PTV70", "SpinalCord"], "targets": ["PTV70"]},
+            "metrics": ["dose_score", "dvh_score"],
+            "primary_metric": "dose_score",
+            "dataset": "hn",
+            "split": "s",
+        }
+    ],
+    "phases": [
+        {
+            "slug": "val",
+            "title": "Validation",
+            "opens": "2020-01-01T00:00:00Z",
+            "closes": "2099-01-01T00:00:00Z",
+            "scored_subset": "validation",
+        },
+        {
+            "slug": "test",
+            "title": "Test",
+            "opens": "2020-01-01T00:00:00Z",
+            "closes": "2099-01-01T00:00:00Z",
+            "scored_subset": "test",
+        },
+    ],
+}
+
+
+@dataclass
+class World:
+    cat: Catalogue
+    uid: int
+    refs: Path
+    keys: dict[str, list[str]]  # subset -> case keys
+
+
+@pytest.fixture
+def world(db_url: str, tmp_path: Path) -> World:
+    settings = get_settings(data_dir=tmp_path / "data", database_url=db_url, secret_key="k" * 48)
+    cat = open_catalogue(settings)
+    _write_world(tmp_path / "src", tmp_path / "refs")
+    assert ingest(cat, tmp_path / "src", "hn").cases_added == N
+    make_split(
+        cat, "hn", SplitSpec(name="s", ratios=(0.5, 0.25, 0.25), group_by=None, hidden=("test",))
+    )
+    summary = attach_dose_references(cat, "hn", tmp_path / "refs")
+    assert (summary.cases, summary.objects, summary.rois) == (N, 4 * N, {"PTV70", "SpinalCord"})
+    spec = ChallengeSpec.model_validate(SPEC)
+    with cat.sessions() as s, s.begin():
+        ch = Challenge(slug=spec.slug, title=spec.title, spec=spec.model_dump(mode="json"))
+        u = User(email="ada@example.org", display_name="ada", password_hash="x")
+        s.add_all([ch, u])
+        s.flush()
+        t = Team(challenge_id=ch.id, name="ada-team")
+        s.add(t)
+        s.flush()
+        s.add(TeamMember(team_id=t.id, challenge_id=ch.id, user_id=u.id, is_captain=True))
+        s.add(RulesAcceptance(challenge_id=ch.id, user_id=u.id, spec_revision=1))
+        uid = u.id
+        keys = {
+            sub: [c.case_key for c in subset_cases(s, "hn", "s", sub)]
+            for sub in ("train", "validation", "test")
+        }
+    assert [len(v) for v in keys.values()] == [2, 1, 1]
+    yield World(cat, uid, tmp_path / "refs", keys)
+    cat.close()
+
+
+def _zip(members: dict[str, np.ndarray | bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, arr in members.items():
+            if isinstance(arr, bytes):
+                zf.writestr(name, arr)
+            else:
+                raw = nib.Nifti1Image(arr, AFFINE).to_bytes()
+                zf.writestr(name, gzip.compress(raw) if name.endswith(".gz") else raw)
+    return buf.getvalue()
+
+
+def _submit(w: World, data: bytes, phase: str = "val") -> int:
+    sub = submit(
+        w.cat.sessions,
+        w.cat.store,
+        challenge_slug="kbp",
+        track_slug="dose",
+        phase_slug=phase,
+        user_id=w.uid,
+        stream=io.BytesIO(data),
+        filename="doses.zip",
+        work_dir=Path(w.cat.settings.data_dir) / "work",
+    )
+    return sub.id
+
+
+def _result(w: World, sid: int) -> tuple[Submission, EvaluationResult]:
+    with w.cat.sessions() as s:
+        sub = s.get(Submission, sid)
+        assert sub is not None and sub.status == "scored", (sub and sub.status, sub and sub.error)
+        s.expunge(sub)
+    return sub, EvaluationResult.model_validate_json(w.cat.store.get_bytes(sub.result_digest or ""))
+
+
+def test_dose_track_scores_openkbp_dose_and_dvh(world: World) -> None:
+    (key,) = world.keys["validation"]
+    i = int(key[2:])
+    perfect = _submit(world, _zip({f"{key}.nii": _dose(i)}))
+    # 1 Gy more everywhere: |diff| = 1 in every voxel of the possible-dose mask, and every
+    # DVH value (D99, D95, D1 of the target; D0.1cc and mean of the cord) is 1 Gy higher
+    shifted = _submit(world, _zip({f"{key}.nii.gz": _dose(i) + 1.0}))
+    assert Worker(world.cat.sessions, HANDLERS, settings=world.cat.settings).run_until_idle() == 2
+    sub, res = _result(world, perfect)
+    assert sub.primary_score == pytest.approx(0.0) and sub.scores["dvh_score"] == pytest.approx(0)
+    sub, res = _result(world, shifted)
+    assert sub.primary_score == pytest.approx(1.0, abs=1e-5)
+    assert res.cases[key]["dvh_score"] == pytest.approx(1.0, abs=1e-4)
+    assert res.cases[key]["dvh_error/D_95/PTV70"] == pytest.approx(1.0, abs=1e-4)
+    assert res.cases[key]["dvh_error/D_0.1_cc/SpinalCord"] == pytest.approx(1.0, abs=1e-4)
+    assert res.dataset_metrics["dose_score"] == pytest.approx(1.0, abs=1e-5)
+    assert res.dataset_metrics["dvh_score"] == pytest.approx(1.0, abs=1e-4)
+    assert res.dataset_metrics["n_dvh_items"] == 5.0  # 3 target + 2 OAR metrics
+    assert not res.failed and not res.missing
+
+
+def test_bad_dose_archives_are_refused_with_every_problem(world: World) -> None:
+    (key,) = world.keys["validation"]
+    nan = _dose(0)
+    nan[0, 0, 0] = np.nan
+    neg = _dose(0) - 5.0
+    for members, words in (
+        ({f"{key}.nii": nan}, ["NaN"]),
+        ({f"{key}.nii": neg}, ["negative", "-5"]),
+        ({f"{key}.nii": np.zeros((8, 8, 5), np.float32)}, ["shape [8, 8, 5]", "[8, 8, 6]"]),
+        ({"hn9.nii": _dose(0)}, ["unknown case ids", "hn9", f"no prediction for 1 case(s): {key}"]),
+        ({f"{key}.nii": b"not a nifti"}, ["not a readable NIfTI"]),
+    ):
+        with pytest.raises(SubmissionRefused) as info:
+            _submit(world, _zip(members))
+        text = " ".join(info.value.problems)
+        for w in words:
+            assert w in text, (w, text)
+    with world.cat.sessions() as s:
+        assert s.scalars(select(Submission)).all() == []  # nothing stored
+
+
+def test_downloads_give_structures_as_inputs_and_never_a_hidden_dose(world: World) -> None:
+    with world.cat.sessions() as s:
+        ch = s.scalars(select(Challenge)).one()
+        user = s.get(User, world.uid)
+        training = plan_download(s, ch, user, "training", "dose")
+        names = {e.name for e in training.entries}
+        for key in world.keys["train"]:
+            assert f"labels/{key}.nii.gz" in names  # the dose is the training label
+            assert f"structures/{key}/PTV70.nii.gz" in names
+            assert f"structures/{key}/possible_dose_mask.nii.gz" in names
+        (hidden,) = world.keys["test"]
+        inputs = plan_download(s, ch, user, "inputs", "dose", "test")
+        names = {e.name for e in inputs.entries}
+        assert f"structures/{hidden}/SpinalCord.nii.gz" in names
+        assert not any(n.startswith("labels/") or n.endswith("/dose.nii.gz") for n in names)
+
+
+def test_reference_folders_are_checked_before_anything_is_stored(world: World) -> None:
+    key = world.keys["train"][0]
+    with world.cat.sessions() as s:
+        case = s.scalars(select(Case).where(Case.case_key == key)).one()
+        before = sorted((o.role, o.digest) for o in case.objects)
+    folder = world.refs / key
+    _save(np.full(SHAPE, np.nan, np.float32), folder / "dose.nii.gz")
+    with pytest.raises(InputError, match="NaN"):
+        attach_dose_references(world.cat, "hn", world.refs)
+    _save(_dose(0), folder / "dose.nii.gz")
+    _save(np.zeros((8, 8, 5), np.uint8), folder / "SpinalCord.nii.gz")
+    with pytest.raises(InputError, match=r"SpinalCord.*grid \[8, 8, 5\]"):
+        attach_dose_references(world.cat, "hn", world.refs)
+    _save(np.full(SHAPE, 2, np.uint8), folder / "SpinalCord.nii.gz")
+    with pytest.raises(InputError, match="0/1 mask"):
+        attach_dose_references(world.cat, "hn", world.refs)
+    (folder / "SpinalCord.nii.gz").unlink()
+    (folder / "possible_dose_mask.nii.gz").unlink()
+    with pytest.raises(InputError, match="possible_dose_mask"):
+        attach_dose_references(world.cat, "hn", world.refs)
+    (world.refs / "nobody").mkdir()
+    with pytest.raises(InputError, match="nobody"):
+        attach_dose_references(world.cat, "hn", world.refs)
+    with world.cat.sessions() as s:
+        case = s.scalars(select(Case).where(Case.case_key == key)).one()
+        assert sorted((o.role, o.digest) for o in case.objects) == before
