@@ -50,6 +50,24 @@ def test_msd_layout_with_channels_labels_and_test_images(
         assert b"PLANTED" not in catalogue.store.get_bytes(o["digest"])
 
 
+def test_identical_channel_files_are_rejected_not_crashed(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
+    root = tmp_path / "Task02_Dup"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps({"name": "x", "modality": {"0": "A", "1": "B"}}))
+    for ch in (0, 1):  # the same bytes twice, e.g. two empty masks stored as channels
+        write_nifti(root / "imagesTr" / f"dup_{ch:04d}.nii.gz", np.zeros((6, 5, 4), np.float32))
+    write_nifti(root / "imagesTr" / "ok_0000.nii.gz", _vol(1, (6, 5, 4)))
+    write_nifti(root / "imagesTr" / "ok_0001.nii.gz", _vol(2, (6, 5, 4)))
+    summary = ingest(catalogue, root, "dup")
+    assert summary.cases_added == 1
+    [issue] = summary.issues
+    assert issue.path.endswith("dup_0001.nii.gz")
+    assert "identical to dup_0000.nii.gz" in issue.reason and "'dup'" in issue.reason
+    assert {r["case_key"] for r in case_records(catalogue, "dup")} == {"ok"}
+
+
 def test_mismatched_label_shape_is_rejected_with_reason(
     catalogue: Catalogue, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import io
 import logging
+import math
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -404,6 +405,18 @@ class _Run:
             except OSError as exc:
                 self.issue(p, "rejected", f"cannot read file: {exc}")
                 return
+        seen: dict[str, Path] = {}
+        for p in vc.images:
+            if shas[p] in seen:
+                self.issue(
+                    p,
+                    "rejected",
+                    f"channel file is identical to {seen[shas[p]].name} of case {vc.key!r}: "
+                    "the channels of a case must differ (store masks that may be equal, such "
+                    "as empty ROIs, in one label map instead)",
+                )
+                return
+            seen[shas[p]] = p
         # Identical files may belong to different cases (two empty label maps), so a
         # volume case is recognised by its key and the hashes of all its files together.
         fingerprint = hashlib.sha256(
@@ -535,6 +548,14 @@ class _Run:
                     if col == "case_id" or col is None:
                         continue
                     value = _parse_value(raw)
+                    if isinstance(value, float) and math.isinf(value):
+                        self.issue(
+                            path,
+                            "rejected",
+                            f"line {line}: column {col!r} value {(raw or '').strip()!r} is not "
+                            "a finite number (leave the cell empty for a missing value)",
+                        )
+                        continue
                     if col in ATTRIBUTE_COLUMNS:
                         attr = "age_years" if col == "age" else col
                         setattr(case, attr, _sex(value) if col == "sex" else value)
@@ -580,9 +601,12 @@ def _parse_value(raw: str | None) -> Any:
         return None
     for cast in (int, float):
         try:
-            return cast(raw)
+            value = cast(raw)
         except ValueError:
-            pass
+            continue
+        # NaN is how many tools write a missing value; stored, it would be NULL on SQLite,
+        # NaN on PostgreSQL, and refused by PostgreSQL's json type.
+        return None if isinstance(value, float) and math.isnan(value) else value
     return raw
 
 
