@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,3 +278,35 @@ def test_reference_folders_are_checked_before_anything_is_stored(world: World) -
     with world.cat.sessions() as s:
         case = s.scalars(select(Case).where(Case.case_key == key)).one()
         assert sorted((o.role, o.digest) for o in case.objects) == before
+
+
+def test_attach_dose_command(
+    world: World, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`medarena datasets attach-dose` replaces a case's reference; a bad folder exits 2."""
+    from typer.testing import CliRunner
+
+    from medarena.cli.main import app
+
+    monkeypatch.setenv("MEDARENA_DATA_DIR", str(world.cat.settings.data_dir))
+    monkeypatch.setenv("MEDARENA_DATABASE_URL", db_url)
+    monkeypatch.setenv("MEDARENA_SECRET_KEY", "k" * 48)
+    key = world.keys["train"][0]
+
+    def dose_digest() -> str:
+        with world.cat.sessions() as s:
+            case = s.scalars(select(Case).where(Case.case_key == key)).one()
+            return next(o.digest for o in case.objects if o.role == "dose")
+
+    before = dose_digest()
+    root = tmp_path / "again"
+    shutil.copytree(world.refs / key, root / key)
+    _save(_dose(0) * 0.5, root / key / "dose.nii.gz")
+    res = CliRunner().invoke(app, ["datasets", "attach-dose", "hn", str(root)])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())  # rich wraps long lines
+    assert "1 case(s)" in out and "PTV70, SpinalCord" in out, out
+    assert dose_digest() != before
+    (root / key / "dose.nii.gz").unlink()
+    res = CliRunner().invoke(app, ["datasets", "attach-dose", "hn", str(root)])
+    assert res.exit_code == 2 and "dose.nii.gz" in res.output, res.output

@@ -228,4 +228,26 @@ def register(app: typer.Typer) -> None:
             )
         )
 
+    @ds_app.command("attach-dose")
+    @handle_errors
+    def attach_dose_cmd(
+        name: str = typer.Argument(..., help="Dataset name."),
+        root: Path = typer.Argument(
+            ..., help="Folder of <case>/ reference folders.", exists=True, file_okay=False
+        ),
+    ) -> None:
+        """Store the dose references of a dose track: ROOT/<case>/ with dose, mask, ROIs."""
+        from medarena.datasets.dose import attach_dose_references
+
+        with settings_or_exit() as settings:
+            cat = open_catalogue(settings)
+            try:
+                summary = attach_dose_references(cat, name, root)
+            finally:
+                cat.close()
+        console.print(
+            f"dose references of {summary.cases} case(s) of '{name}' stored "
+            f"({summary.objects} objects; structures: {', '.join(sorted(summary.rois)) or 'none'})"
+        )
+
     app.add_typer(ds_app, name="datasets")
