@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import select
 
 from medarena.challenges.data import plan_download, subset_cases
+from medarena.challenges.leaderboard import build_leaderboard
 from medarena.challenges.scoring import HANDLERS
 from medarena.challenges.spec import ChallengeSpec
 from medarena.challenges.submissions import SubmissionRefused, submit
@@ -212,6 +213,26 @@ def test_dose_track_scores_openkbp_dose_and_dvh(world: World) -> None:
     assert res.dataset_metrics["dvh_score"] == pytest.approx(1.0, abs=1e-4)
     assert res.dataset_metrics["n_dvh_items"] == 5.0  # 3 target + 2 OAR metrics
     assert not res.failed and not res.missing
+    # a second team 2 Gy off: lower is better, so ada's best (the perfect one) ranks first
+    with world.cat.sessions() as s, s.begin():
+        ch = s.scalars(select(Challenge)).one()
+        u = User(email="bob@example.org", display_name="bob", password_hash="x")
+        t = Team(challenge_id=ch.id, name="bob-team")
+        s.add_all([u, t])
+        s.flush()
+        s.add(TeamMember(team_id=t.id, challenge_id=ch.id, user_id=u.id, is_captain=True))
+        s.add(RulesAcceptance(challenge_id=ch.id, user_id=u.id, spec_revision=1))
+        bob = World(world.cat, u.id, world.refs, world.keys)
+    _submit(bob, _zip({f"{key}.nii": _dose(i) + 2.0}))
+    Worker(world.cat.sessions, HANDLERS, settings=world.cat.settings).run_until_idle()
+    with world.cat.sessions() as s:
+        ch = s.scalars(select(Challenge)).one()
+        board = build_leaderboard(
+            s, world.cat.store, ChallengeSpec.model_validate(SPEC), ch.id, "val", "dose"
+        )
+    assert board.higher_is_better is False
+    assert [(r.team, r.rank) for r in board.rows] == [("ada-team", 1), ("bob-team", 2)]
+    assert [r.primary for r in board.rows] == pytest.approx([0.0, 2.0], abs=1e-5)
 
 
 def test_bad_dose_archives_are_refused_with_every_problem(world: World) -> None:
