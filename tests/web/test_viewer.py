@@ -369,6 +369,7 @@ def test_viewer_pages_links_and_labelled_controls(world: World) -> None:
     assert f'href="/submissions/{sid}"' in page.text
     links = re.findall(rf'href="/submissions/{sid}/cases/([^"]+)"', page.text)
     assert links == ["c3", "c5"]  # the public subset's cases, nothing of the hidden one
+    assert "core/dice 0.3077" in page.text  # 4/13, rounded for reading
     assert 'aria-labelledby="dist-caption"' in page.text
     inline = page.text[page.text.index("<svg") : page.text.index("</svg>") + 6]
     assert "<?xml" not in page.text and _marks(inline) == [2, 2]

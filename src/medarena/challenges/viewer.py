@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import io
 import logging
 import math
@@ -28,7 +29,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import nibabel as nib
 import numpy as np
@@ -140,17 +141,36 @@ def _cache_dir(data_dir: Path) -> Path:
     return d
 
 
-def _nifti_copy(store: LocalObjectStore, digest: str, cache: Path) -> Path:
-    """The stored object as a NIfTI file nibabel can open (content-addressed, so cached)."""
-    with store.open(digest) as fh:
-        head = fh.read(2)
-    name = f"{digest}.nii.gz" if head == b"\x1f\x8b" else f"{digest}.nii"
-    path = cache / name
-    if not path.exists():
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", dir=cache)
-        os.close(fd)
-        store.copy_to(digest, Path(tmp_name))
+def _write_once(path: Path, source: BinaryIO) -> None:
+    """Write ``source`` (decompressed if gzip) to ``path`` atomically, unless it exists."""
+    if path.exists():
+        return
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            head = source.read(2)
+            source.seek(0)
+            if head == b"\x1f\x8b":
+                with gzip.GzipFile(fileobj=source) as inflated:
+                    shutil.copyfileobj(inflated, out, 1 << 20)
+            else:
+                shutil.copyfileobj(source, out, 1 << 20)
         Path(tmp_name).replace(path)  # atomic: a concurrent request sees the whole file or none
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _nifti_copy(store: LocalObjectStore, digest: str, cache: Path) -> Path:
+    """The stored object as an uncompressed NIfTI file (content-addressed, so cached).
+
+    Uncompressed, so that a slice reads only its own voxels (nibabel maps the file)
+    instead of inflating the whole volume on every request.
+    """
+    path = cache / f"{digest}.nii"
+    if not path.exists():
+        with store.open(digest) as fh:
+            _write_once(path, fh)
     return path
 
 
@@ -172,7 +192,13 @@ def prediction_file(
             shutil.rmtree(work, ignore_errors=True)
     for p in sorted(folder.iterdir()):
         if p.is_file() and tasks_mod.case_id_of(p) == case_key:
-            return p
+            raw = cache / f"{sub.archive_digest}.raw"
+            raw.mkdir(exist_ok=True)
+            path = raw / f"{case_key}.nii"
+            if not path.exists():
+                with open(p, "rb") as fh:
+                    _write_once(path, fh)
+            return path
     raise NotFoundError(f"submission {sub.id} has no prediction for case {case_key!r}")
 
 
@@ -214,6 +240,29 @@ def _window(path: str) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
 
+def read_slice(path: Path, axis: int, index: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """One slice of a NIfTI volume (only its voxels are read) and its in-plane spacing."""
+    try:
+        img = nib.nifti1.load(path)
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        raise InputError(f"cannot read the NIfTI file ({exc})", path=path.name) from None
+    shape = tuple(int(n) for n in img.shape)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if len(shape) == 2:
+        shape, zooms = (*shape, 1), (*zooms[:2], 1.0)
+    if len(shape) != 3:
+        raise InputError(f"expected a 3-D image, got {len(shape)} dimensions", path=path.name)
+    check_slice(shape, axis, index)
+    if len(img.shape) == 2:
+        plane = np.asarray(img.dataobj)
+    else:
+        where: list[int | slice] = [slice(None)] * 3
+        where[axis] = index
+        plane = np.asarray(img.dataobj[tuple(where)])
+    sx, sy = (z for i, z in enumerate(zooms) if i != axis)
+    return plane, (sx, sy)
+
+
 def check_slice(shape: tuple[int, ...], axis: int, index: int) -> None:
     """InputError unless ``axis`` is 0, 1 or 2 and ``index`` a slice of ``shape`` along it."""
     if axis not in (0, 1, 2):
@@ -226,10 +275,9 @@ def check_slice(shape: tuple[int, ...], axis: int, index: int) -> None:
         )
 
 
-def _plane(data: np.ndarray, spacing: tuple[float, ...], axis: int, index: int) -> np.ndarray:
-    """One slice, upright (second remaining axis upwards) and scaled up for its spacing."""
-    plane = np.take(data, index, axis=axis)
-    sx, sy = (s for i, s in enumerate(spacing[:3]) if i != axis)
+def _upright(plane: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    """A slice upright (second axis upwards) and scaled up (nearest) for its spacing."""
+    sx, sy = spacing
     unit = min(sx, sy) if min(sx, sy) > 0 else 1.0
     rx, ry = max(1, round(sx / unit)), max(1, round(sy / unit))
     longest = max(plane.shape[0] * rx, plane.shape[1] * ry)
@@ -248,10 +296,9 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def image_slice_png(path: Path, axis: int, index: int) -> bytes:
     """A grey-level PNG of one slice of the image at ``path``."""
-    data, spacing = load_volume(path)
-    check_slice(data.shape, axis, index)
+    plane, spacing = read_slice(path, axis, index)
     lo, hi = _window(str(path))
-    plane = _plane(np.asarray(data, dtype=np.float64), spacing, axis, index)
+    plane = _upright(np.asarray(plane, dtype=np.float64), spacing)
     plane = np.nan_to_num(plane, nan=lo, posinf=hi, neginf=lo)
     grey = np.clip((plane - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
     return _png(grey)
@@ -259,10 +306,9 @@ def image_slice_png(path: Path, axis: int, index: int) -> bytes:
 
 def label_slice_png(path: Path, axis: int, index: int, *, outline: bool) -> bytes:
     """A transparent RGBA PNG of one slice of a label map: filled, or outlined."""
-    data, spacing = load_volume(path)
-    check_slice(data.shape, axis, index)
-    labels = _plane(
-        np.rint(np.nan_to_num(np.asarray(data, np.float64))).astype(np.int64), spacing, axis, index
+    plane, spacing = read_slice(path, axis, index)
+    labels = _upright(
+        np.rint(np.nan_to_num(np.asarray(plane, np.float64))).astype(np.int64), spacing
     )
     rgba = np.zeros((*labels.shape, 4), np.uint8)
     mask = labels > 0
