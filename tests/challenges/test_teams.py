@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import threading
 
 import pytest
 from sqlalchemy import select
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from medarena.challenges import service, teams
 from medarena.challenges.spec import ChallengeSpec
+from medarena.datasets.catalogue import Catalogue
 from medarena.db.platform_models import (
     AuditEvent,
     Challenge,
@@ -187,3 +189,49 @@ def test_make_captain(session: Session, challenge: Challenge, people: dict[str, 
         teams.make_captain(session, team, ann, ann.id)
     assert [t.name for t in teams.list_teams(session, challenge.id)] == ["A"]
     assert session.scalars(select(TeamInvitation.accepted_at)).one() is not None
+
+
+def test_concurrent_names_differing_in_case_make_one_team(
+    session: Session, challenge: Challenge, people: dict[str, User], catalogue: Catalogue
+) -> None:
+    """The case-blind name check holds when two people create 'Alpha' and 'alpha' at once."""
+    session.commit()
+    cid, racers = challenge.id, (people["ann"].id, people["ben"].id)
+
+    def create(i: int, name: str, barrier: threading.Barrier, outcomes: list[str]) -> None:
+        with catalogue.sessions() as s:
+            ch, user = s.get(Challenge, cid), s.get(User, racers[i])
+            assert ch is not None and user is not None
+            barrier.wait()
+            try:
+                teams.create_team(s, ch, user, name)
+                s.commit()
+                outcomes.append("ok")
+            except InputError as exc:
+                outcomes.append(str(exc))
+
+    for round_ in range(3):
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+        names = (f"Alpha {round_}", f"alpha {round_}")
+        threads = [
+            threading.Thread(target=create, args=(i, n, barrier, outcomes))
+            for i, n in enumerate(names)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        refused = [o for o in outcomes if o != "ok"]
+        assert len(outcomes) == 2 and len(refused) == 1, outcomes
+        assert "a team with this name exists" in refused[0]
+        with catalogue.sessions() as s, s.begin():
+            ch = s.get(Challenge, cid)
+            assert ch is not None
+            made = [t for t in teams.list_teams(s, cid) if t.name.lower() == names[1]]
+            assert len(made) == 1, [t.name for t in made]
+            for uid in racers:
+                user = s.get(User, uid)
+                assert user is not None
+                if teams.team_of(s, cid, uid) is not None:
+                    teams.leave_team(s, ch, user)

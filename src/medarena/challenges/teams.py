@@ -13,7 +13,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from medarena.accounts.audit import audit
@@ -119,12 +119,27 @@ def _require_free(session: Session, challenge: Challenge, user_id: int) -> None:
         )
 
 
+def _lock_challenge(session: Session, challenge_id: int) -> None:
+    """Serialise team creation in one challenge until the transaction ends.
+
+    The database's unique constraint is case-sensitive; the name check is not, so it must
+    run under a lock or 'Alpha' and 'alpha' created at once both pass it.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite has one write lock for the whole file: a no-op write takes it (waiting up
+        # to the busy timeout), also after this transaction has read.
+        session.execute(text("UPDATE challenges SET id = id WHERE id = :id"), {"id": challenge_id})
+    else:
+        session.execute(select(Challenge.id).where(Challenge.id == challenge_id).with_for_update())
+
+
 def create_team(session: Session, challenge: Challenge, user: User, name: str) -> Team:
     """Create a team with ``user`` as its captain."""
     require_participant(session, challenge, user)
     name = " ".join(name.split())
     if not 1 <= len(name) <= 120:
         raise InputError("a team name has 1 to 120 characters", value=name)
+    _lock_challenge(session, challenge.id)
     _require_free(session, challenge, user.id)
     taken = session.scalars(
         select(Team.id).where(
