@@ -62,7 +62,10 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("submit-cli")
     url_db = f"sqlite:///{tmp / 'medarena.db'}"
-    p = make_platform(url_db, tmp, spec_dict(), ["ada", "bob"])
+    spec = spec_dict()
+    # a phase with a tiny upload limit (0.01 MB): the refusal must reach the CLI intact
+    spec["phases"].append({**spec["phases"][0], "slug": "tiny", "max_upload_mb": 0.01})
+    p = make_platform(url_db, tmp, spec, ["ada", "bob"])
     add_table_dataset(p, AGES)
     settings = get_settings(data_dir=tmp, database_url=url_db, secret_key="s" * 48)
     p.store = open_store(settings)
@@ -211,3 +214,18 @@ def test_installed_executable(server: Server, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "scored" in proc.stdout and "abs_error 0.0" in proc.stdout, proc.stdout
+
+
+def test_upload_over_the_phase_limit_is_refused_clearly(server: Server, tmp_path: Path) -> None:
+    before = _count(server)
+    archive = tmp_path / "big.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("age.csv", "case_id,age\n" + "c3,50\n" * 20_000)  # about 120 kB
+    res = runner.invoke(
+        app,
+        ["submit", "--challenge", "demo", "--track", "age", "--phase", "tiny", str(archive)],
+        env=_env(server, server.tokens["ada"]),
+    )
+    err = " ".join(res.stderr.split())
+    assert res.exit_code == 2 and "413" in err and "larger than this phase's limit" in err, err
+    assert _count(server) == before
