@@ -11,6 +11,7 @@ from rich.table import Table
 
 from medarena.cli.common import console, handle_errors, settings_or_exit
 from medarena.datasets.catalogue import open_catalogue
+from medarena.errors import InputError
 from medarena.lab.blocks import KINDS, blocks
 from medarena.lab.recipe import load_recipe
 
@@ -117,7 +118,7 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"[green]done[/]: {result.epochs_done} epochs, {result.steps_done} steps, "
             f"stopped by {result.stopped}; validation "
-            + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k not in ("epoch",)),
+            + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()),
             highlight=False,
         )
         if result.export:
@@ -128,3 +129,107 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
             )
         console.print(f"run folder: {out_dir}", highlight=False)
+        if result.model:
+            console.print(f"registered as model {result.model}", highlight=False)
+
+    models = typer.Typer(help="The model registry: trained models and their cards.")
+    group.add_typer(models, name="models")
+
+    @models.command("list")
+    @handle_errors
+    def models_list(
+        name: str | None = typer.Option(None, help="Only the versions of this model."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """List registered models: name, version, task, dataset, validation metrics."""
+        from medarena.lab.registry import list_models
+
+        with settings_or_exit() as settings:
+            cat = open_catalogue(settings)
+            try:
+                found = list_models(cat, name)
+            finally:
+                cat.close()
+        if as_json:
+            rows = [
+                {
+                    "model": m.ref,
+                    "task": m.task,
+                    "dataset": m.dataset,
+                    "split": m.split,
+                    "dataset_version": m.dataset_version,
+                    "metrics": m.metrics,
+                    "onnx": m.onnx_digest is not None,
+                    "created_at": m.created_at,
+                }
+                for m in found
+            ]
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        table = Table(title="registered models")
+        for col in ("model", "task", "dataset / split", "validation", "onnx", "created"):
+            table.add_column(col)
+        for m in found:
+            table.add_row(
+                m.ref,
+                m.task,
+                f"{m.dataset} / {m.split}",
+                ", ".join(f"{k} {v:.4g}" for k, v in m.metrics.items()),
+                f"{m.onnx_size} B" if m.onnx_size else "-",
+                m.created_at[:19],
+            )
+        console.print(table)
+
+    @models.command("show")
+    @handle_errors
+    def models_show(
+        ref: str = typer.Argument(..., help="NAME (latest version) or NAME:VERSION."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        onnx_out: Path | None = typer.Option(
+            None, "--onnx-out", help="Also write the model's ONNX file here."
+        ),
+    ) -> None:
+        """Show a model: card, metrics, curves, export parity and recipe."""
+        from medarena.lab.registry import get_model
+
+        with settings_or_exit() as settings:
+            cat = open_catalogue(settings)
+            try:
+                m = get_model(cat, ref)
+                if onnx_out is not None:
+                    if m.onnx_digest is None:
+                        raise InputError(f"model {m.ref} has no ONNX export", value=ref)
+                    cat.store.copy_to(m.onnx_digest, onnx_out)
+            finally:
+                cat.close()
+        if as_json:
+            out = {k: v for k, v in vars(m).items()}
+            out["model"] = m.ref
+            typer.echo(json.dumps(out, indent=2, default=str))
+            return
+        console.print(f"[bold]{m.ref}[/] ({m.task}) on {m.dataset} / {m.split}", highlight=False)
+        console.print(f"dataset version: {m.dataset_version}", highlight=False)
+        console.print(f"intended use: {m.model_card.get('intended_use', '')}", highlight=False)
+        console.print(
+            "validation: " + ", ".join(f"{k} {v:.4g}" for k, v in m.metrics.items()),
+            highlight=False,
+        )
+        if m.export:
+            console.print(
+                f"ONNX: {m.onnx_size} B, max |onnxruntime - torch| {m.export['max_abs_diff']:.3g}"
+                f" (tolerance {m.export['tolerance']:g})",
+                highlight=False,
+            )
+        curve = Table(title="curves")
+        for col in ("epoch", "loss", "lr", "validation"):
+            curve.add_column(col)
+        skip = ("epoch", "step", "loss", "lr", "stopped")
+        for row in m.curves:
+            val = ", ".join(f"{k} {v}" for k, v in row.items() if k not in skip)
+            curve.add_row(str(row["epoch"]), f"{row['loss']:.4f}", f"{row['lr']:.3g}", val)
+        console.print(curve)
+        console.print("limitations:", highlight=False)
+        for line in m.model_card.get("limitations", []):
+            console.print(f"- {line}", highlight=False)
+        if onnx_out is not None:
+            console.print(f"ONNX written to {onnx_out}", highlight=False)

@@ -8,6 +8,8 @@ Only case keys are carried along, never patient identifiers.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,22 @@ class SplitData:
     train: list[CaseArrays]
     validation: list[CaseArrays]
     class_names: list[str]
+    dataset_version: str  # digest of the cases, objects, subsets and targets used
+
+
+def _dataset_version(recipe: Recipe, subsets: dict[str, list[dict[str, Any]]]) -> str:
+    target = recipe.dataset.target
+    rows = sorted(
+        [
+            r["case_key"],
+            subset,
+            sorted(o["digest"] for o in r["objects"]),
+            None if target is None else str(r["labels"].get(target)),
+        ]
+        for subset, recs in subsets.items()
+        for r in recs
+    )
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 def _channel_first(array: np.ndarray, ndim: int) -> np.ndarray:
@@ -154,4 +172,9 @@ def load_split(cat: Catalogue, recipe: Recipe) -> SplitData:
             out.append(case)
         return out
 
-    return SplitData(read(subsets[ds.train]), read(subsets[ds.validation]), class_names)
+    return SplitData(
+        read(subsets[ds.train]),
+        read(subsets[ds.validation]),
+        class_names,
+        _dataset_version(recipe, subsets),
+    )

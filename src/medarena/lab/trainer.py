@@ -73,6 +73,7 @@ class RunResult:
     metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     export: dict[str, Any] | None = None
+    model: str | None = None  # "name:version" in the model registry
 
 
 def recipe_digest(recipe: Recipe) -> str:
@@ -127,6 +128,7 @@ class _Run:
         self.device = _device(self.tr.device)
         split = load_split(cat, recipe)
         self.class_names = split.class_names
+        self.dataset_version = split.dataset_version
         pipes = build_pipelines(recipe)
         self.per_step = pipes.per_step
         self.train_cases = [pipes.cached(_as_dict(c)) for c in split.train]
@@ -256,11 +258,13 @@ def train(
     *,
     progress: ProgressFn | None = None,
     export: bool = True,
+    register: bool = True,
 ) -> RunResult:
     """Train ``recipe`` into ``out_dir``, continuing from its last checkpoint if it has one.
 
     Writes ``recipe.yaml``, ``checkpoints/last.pt``, ``curves.json``, ``model.pt``,
-    ``metrics.json`` and, when the recipe asks for it, ``model.onnx`` + ``export.json``.
+    ``metrics.json``, ``model_card.json`` and, when the recipe asks for it, ``model.onnx`` +
+    ``export.json``; with ``register`` the model is stored in the model registry.
     """
     import torch
 
@@ -349,7 +353,8 @@ def train(
             break
     if finished_before:
         stopped = "time_budget"
-    metrics = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("stopped",)}
+    not_metrics = ("epoch", "step", "lr", "loss", "stopped")
+    metrics = {k: v for k, v in (history[-1] if history else {}).items() if k not in not_metrics}
     torch.save(run.model.state_dict(), out_dir / "model.pt")
     _write_json(out_dir / "metrics.json", {"validation": metrics, "class_names": run.class_names})
     export_info = None
@@ -358,6 +363,32 @@ def train(
 
         export_info = export_onnx(run, out_dir / "model.onnx")
         _write_json(out_dir / "export.json", export_info)
+    from medarena.lab.registry import model_card, register_model
+
+    card = model_card(
+        recipe,
+        dataset_version=run.dataset_version,
+        n_train=len(run.train_cases),
+        n_validation=len(run.val_cases),
+        class_names=run.class_names,
+        metrics=metrics,
+        stopped=stopped,
+        export=export_info,
+    )
+    _write_json(out_dir / "model_card.json", card)
+    model_ref = None
+    if register:
+        info = register_model(
+            cat,
+            recipe,
+            digest,
+            out_dir,
+            card=card,
+            metrics=metrics,
+            curves=history,
+            export=export_info,
+        )
+        model_ref = info.ref
     return RunResult(
         out_dir,
         history[-1]["epoch"] if history else 0,
@@ -367,4 +398,5 @@ def train(
         metrics,
         history,
         export_info,
+        model_ref,
     )

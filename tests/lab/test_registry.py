@@ -1,0 +1,99 @@
+"""The model registry on SQLite and PostgreSQL: versions, card, curves, ONNX in the store."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+from labdata import write_dataset
+from recipes import CLS2D
+from typer.testing import CliRunner
+
+from medarena.cli.main import app
+from medarena.config import get_settings
+from medarena.datasets.catalogue import Catalogue, make_split, open_catalogue
+from medarena.datasets.ingest import ingest
+from medarena.datasets.splits import SplitSpec
+from medarena.errors import NotFoundError
+from medarena.lab import parse_recipe
+from medarena.lab.registry import get_model, list_models
+from medarena.lab.trainer import train
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def disks(db_url: str, tmp_path: Path) -> Iterator[Catalogue]:
+    data = tmp_path / "data"
+    cat = open_catalogue(get_settings(data_dir=data, database_url=db_url, secret_key="s" * 48))
+    write_dataset(tmp_path / "src", 2, 32)
+    ingest(cat, tmp_path / "src", "disks2d")
+    make_split(cat, "disks2d", SplitSpec(subsets=("train", "validation"), ratios=(0.75, 0.25)))
+    yield cat
+    cat.close()
+
+
+def test_trained_models_are_registered_with_card_curves_and_onnx(
+    disks: Catalogue, tmp_path: Path
+) -> None:
+    recipe = parse_recipe(CLS2D.replace("epochs: 2", "epochs: 1"))
+    first = train(recipe, disks, tmp_path / "run1")
+    second = train(recipe, disks, tmp_path / "run2", export=False)
+    assert (first.model, second.model) == ("disks-resnet:1", "disks-resnet:2")
+
+    listed = list_models(disks)
+    assert [m.ref for m in listed] == ["disks-resnet:1", "disks-resnet:2"]
+    assert listed[0].dataset_version == listed[1].dataset_version  # same cases, same split
+
+    latest = get_model(disks, "disks-resnet")
+    assert latest.version == 2 and latest.onnx_digest is None
+
+    m = get_model(disks, "disks-resnet:1")
+    assert parse_recipe(m.recipe_yaml) == recipe
+    assert m.task == "classification" and (m.dataset, m.split) == ("disks2d", "default")
+    assert m.metrics.keys() == {"accuracy", "auc", "f1_macro"}
+    for k, v in first.metrics.items():  # NaN (undefined AUC) survives both backends
+        assert (math.isnan(v) and math.isnan(m.metrics[k])) or v == m.metrics[k]
+    assert [row["epoch"] for row in m.curves] == [1]
+    card = m.model_card
+    assert set(card) == {"intended_use", "training_data", "metrics", "limitations", "export"}
+    assert card["training_data"]["train_cases"] == 6
+    assert card["training_data"]["class_names"] == ["high", "low"]
+    assert any("not for clinical" in x for x in card["limitations"])
+    # the ONNX file in the store is the exported one and runs
+    onnx_bytes = disks.store.get_bytes(m.onnx_digest or "")
+    assert onnx_bytes == (tmp_path / "run1" / "model.onnx").read_bytes()
+    assert m.onnx_size == len(onnx_bytes)
+    assert m.export["max_abs_diff"] <= m.export["tolerance"]
+    ort.InferenceSession(onnx_bytes)
+
+    with pytest.raises(NotFoundError, match="registered models: disks-resnet"):
+        get_model(disks, "nope")
+    with pytest.raises(NotFoundError):
+        get_model(disks, "disks-resnet:7")
+
+
+def test_cli_models_list_and_show(
+    lab_catalogue: Catalogue, lab_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDARENA_DATA_DIR", str(lab_data_dir))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(CLS2D.replace("epochs: 2", "epochs: 1"))
+    res = runner.invoke(app, ["lab", "train", str(recipe), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "registered as model disks-resnet:1" in res.output
+    res = runner.invoke(app, ["lab", "models", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    [row] = json.loads(res.output)
+    assert row["model"] == "disks-resnet:1" and row["onnx"] is True
+    out = tmp_path / "downloaded.onnx"
+    res = runner.invoke(app, ["lab", "models", "show", "disks-resnet:1", "--onnx-out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "limitations:" in res.output and "max |onnxruntime - torch|" in res.output
+    assert out.read_bytes() == (tmp_path / "run" / "model.onnx").read_bytes()
+    res = runner.invoke(app, ["lab", "models", "show", "nope"])
+    assert res.exit_code == 2 and "no model 'nope'" in res.output
