@@ -86,7 +86,7 @@ def path_values(w: World) -> dict[str, list[Any]]:
 QUERY_VALUES: dict[str, list[Any]] = {
     "track": list(TRACKS),
     "phase": list(PHASES),
-    "format": ["json", "csv", "svg"],
+    "format": ["csv", "svg"],  # and the default, JSON
     "layer": list(LAYERS),
     "index": [LABELLED_SLICE],
     "axis": [2],

@@ -3,10 +3,12 @@
 Built on the challenge tests' catalogue (dataset ``brain``, split ``challenge`` with a
 hidden ``test`` subset) and spec (tracks ``seg`` and ``grade``; phase ``preliminary``
 scores the public ``validation`` subset on a public board, phase ``final`` scores the
-hidden ``test`` subset on a board private until close). An organizer (not a platform
+hidden ``test`` subset on a board private until close), plus a phase ``semifinal`` (track
+``grade``, ``validation`` subset) whose board is hidden. An organizer (not a platform
 admin: the role is what grants access), team A (ann) and team B (ben), each with scored
-submissions to both tracks and phases, uploaded through the API and scored by a real
-worker, so result files, stored archives, per-case results and boards exist.
+submissions to every track of every phase, uploaded through the API and scored by a real
+worker, so result files, stored archives, per-case results and boards exist; C, who joined
+but is in no team; D, the organizer of another challenge on the same dataset.
 
 Secrets are sentinels chosen to be unique in any response body:
 
@@ -49,7 +51,19 @@ from medarena.web.deps import ANON_CSRF_COOKIE, CSRF_HEADER
 
 SLUG = "brain-2025"
 OTHER_SLUG = "other-2025"
-PHASES = ("preliminary", "final")
+PHASES = ("preliminary", "semifinal", "final")
+# Added to the challenge tests' spec: a phase whose board only organizers ever see.
+HIDDEN_BOARD_PHASE = """\
+  - slug: semifinal
+    title: Semi-final
+    opens: 2020-01-01T00:00:00Z
+    closes: 2099-01-01T00:00:00Z
+    scored_subset: validation
+    leaderboard: hidden
+    tracks: [grade]
+"""
+SUBSET_OF_PHASE = {"preliminary": "validation", "semifinal": "validation", "final": "test"}
+PRIVATE_BOARDS = ("semifinal", "final")
 TRACKS = ("seg", "grade")
 DATASET = "brain"
 # grade labels: the hidden ones are the secret; the others only need to differ from them
@@ -58,8 +72,10 @@ PUBLIC_GRADES = (402.5625, 388.6875)
 # per-case absolute errors of each team's grade predictions, per phase (2 cases each)
 GRADE_ERRORS = {
     ("A", "preliminary"): (17.390625, 23.828125),
+    ("A", "semifinal"): (9.140625, 27.765625),
     ("A", "final"): (31.171875, 44.859375),
     ("B", "preliminary"): (12.984375, 15.734375),
+    ("B", "semifinal"): (33.546875, 40.296875),
     ("B", "final"): (52.421875, 61.546875),
 }
 # extra voxels of each team's segmentation per phase and case: odd, no k and 3k pair
@@ -220,6 +236,8 @@ def _grade_archive(grades: dict[str, float], keys: list[str], errors: tuple[floa
 def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
     """Create the challenge, users, teams, invitations, tokens and scored submissions."""
     work.mkdir(parents=True, exist_ok=True)
+    spec_yaml = spec_yaml.replace("  - slug: final\n", HIDDEN_BOARD_PHASE + "  - slug: final\n")
+    assert "semifinal" in spec_yaml
     case_keys = _grades(cat)
     callers: dict[str, Caller] = {"anonymous": Caller("anonymous", {})}
     emails: dict[str, list[str]] = {}
@@ -266,16 +284,14 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
     with cat.sessions() as s:
         grades = {c.case_key: float(c.labels["grade"]) for c in s.scalars(select(Case))}
     labels = _label_digests(cat, case_keys["validation"] + case_keys["test"])
-    subset_of_phase = {"preliminary": "validation", "final": "test"}
     submissions: dict[tuple[str, str, str], int] = {}
     worker = Worker(cat.sessions, HANDLERS, settings=cat.settings)
     for phase in PHASES:  # final needs a scored preliminary submission first
-        keys = case_keys[subset_of_phase[phase]]
+        keys = case_keys[SUBSET_OF_PHASE[phase]]
         for team in ("A", "B"):
-            archives = {
-                "seg": _seg_archive(cat, labels, keys, EXTRA_VOXELS[team, phase], work),
-                "grade": _grade_archive(grades, keys, GRADE_ERRORS[team, phase]),
-            }
+            archives = {"grade": _grade_archive(grades, keys, GRADE_ERRORS[team, phase])}
+            if (team, phase) in EXTRA_VOXELS:
+                archives["seg"] = _seg_archive(cat, labels, keys, EXTRA_VOXELS[team, phase], work)
             for track, body in archives.items():
                 r = client.post(
                     f"/api/v1/challenges/{SLUG}/submissions",
@@ -307,7 +323,7 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
             mine.add(f"archive bytes of {what}", cat.store.get_bytes(sub.archive_digest))
             mine.add(f"result digest of {what}", sub.result_digest)
             result = EvaluationResult.model_validate_json(cat.store.get_bytes(sub.result_digest))
-            assert sorted(result.cases) == case_keys[subset_of_phase[phase]], result.cases
+            assert sorted(result.cases) == case_keys[SUBSET_OF_PHASE[phase]], result.cases
             for key, vals in result.cases.items():
                 for metric, v in vals.items():
                     if len(repr(v)) < 8:
@@ -318,18 +334,23 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
                     else:
                         mine.add_number(label, v)
                         team_visible[team].add(repr(v).encode())
-            if phase == "final":
-                # the team's own score on the board private until close
+            if phase in PRIVATE_BOARDS:
+                # the team's own score on a board private until close, or hidden
                 assert sub.primary_score is not None
                 mine.add_number(f"private-board score of {what}", sub.primary_score)
                 team_visible[team].add(repr(sub.primary_score).encode())
     for team in ("A", "B"):
         for email in emails[team]:  # members' and invited addresses
             private[team].add(f"e-mail address known to team {team}", email)
-        errors = GRADE_ERRORS[team, "preliminary"] + GRADE_ERRORS[team, "final"]
-        assert {repr(e).encode() for e in errors} <= set(hidden.items) | set(private[team].items)
-        for key, e in zip(case_keys["validation"] + case_keys["test"], errors, strict=True):
-            private[team].add_number(f"team {team} prediction of {key}", grades[key] + e)
+        for phase in PHASES:
+            errors = GRADE_ERRORS[team, phase]
+            known = set(hidden.items) | set(private[team].items)
+            assert {repr(e).encode() for e in errors} <= known, (team, phase)
+            keys = case_keys[SUBSET_OF_PHASE[phase]]
+            for key, e in zip(keys, errors, strict=True):
+                private[team].add_number(
+                    f"team {team} {phase} prediction of {key}", grades[key] + e
+                )
     # a team's legitimate view must not look like a leak of someone else's secret
     for team, seen in team_visible.items():
         assert not seen & set(forbidden_for(hidden, private, team)), team
