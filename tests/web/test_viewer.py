@@ -47,6 +47,7 @@ K = 43  # axial slices (6 x 5 voxels of 1 mm) are scaled up to at least 256 px: 
 ORANGE = (230, 159, 0)  # label 1
 SKY = (86, 180, 233)  # label 2
 SVG = "{http://www.w3.org/2000/svg}"
+MULTI = "c5"  # a two-channel case (like BraTS's four sequences)
 CASES = ["c1", "c2", "c3", "c4", "c5", "c6"]  # c1, c2 train; c3, c5 val; c4, c6 test (hidden)
 
 
@@ -96,7 +97,14 @@ def _add_image_dataset(p: Platform) -> None:
             )
             s.add(c)
             s.flush()
-            for role, arr in (("image", _image(i)), ("label", _reference(i))):
+            objects = [
+                (f"{key}.nii.gz", "image", _image(i)),
+                (f"{key}.nii.gz", "label", _reference(i)),
+            ]
+            if key == MULTI:  # two channels, stored as ingest names them; the second reversed
+                objects[0] = (f"{key}_0000.nii.gz", "image", _image(i))
+                objects.append((f"{key}_0001.nii.gz", "image", _image(i)[::-1].copy()))
+            for name, role, arr in objects:
                 data = _nifti(arr)
                 s.add(
                     CaseObject(
@@ -105,7 +113,7 @@ def _add_image_dataset(p: Platform) -> None:
                         digest=p.store.put_bytes(data),
                         size=len(data),
                         media_type="application/x-nifti",
-                        name=f"{key}.nii.gz",
+                        name=name,
                     )
                 )
             subset = "train" if i < 2 else ("val" if i % 2 == 0 else "test")
@@ -272,6 +280,29 @@ def test_other_axes_and_sizes(world: World) -> None:
     assert img.size == (5 * 32, 4 * 2 * 32)
     img = _png(world.client.get(f"{base}&axis=1&index=4", headers=world.ada))
     assert img.size == (6 * 32, 4 * 2 * 32)
+
+
+def test_multi_channel_case(world: World) -> None:
+    c, sid = world.client, world.public
+    base = f"/submissions/{sid}/cases/{MULTI}/slice.png?axis=2&index=2&layer=image"
+    h = SHAPE[1] * K
+
+    def ramp(channel: str) -> list[int]:
+        grey = np.asarray(_png(c.get(base + channel, headers=world.ada)))
+        return [int(grey[_centre(x, 2, h)[1], _centre(x, 2, h)[0]]) for x in range(SHAPE[0])]
+
+    first, second = ramp(""), ramp("&channel=1")
+    assert first == ramp("&channel=0") and first[0] < first[-1]
+    assert second[0] > second[-1]  # the reversed channel
+    r = c.get(base + "&channel=2", headers=world.ada)
+    assert r.status_code == 400 and "channel must be between 0 and 1" in r.text
+    page = c.get(f"/submissions/{sid}/cases/{MULTI}?channel=1", headers=world.ada).text
+    assert '<label for="channel">' in page and "c5_0001.nii.gz" in page
+    assert "layer=image&amp;channel=1" in page
+    single = c.get(f"/submissions/{sid}/cases/c3", headers=world.ada).text
+    assert 'id="channel"' not in single and "channel=" not in single
+    bad = c.get(f"/submissions/{sid}/cases/{MULTI}?channel=5", headers=world.ada)
+    assert bad.status_code == 400
 
 
 @pytest.mark.parametrize(

@@ -72,9 +72,19 @@ class ViewerCase:
     """A case of a submission's scored subset that the user may look at."""
 
     case_key: str
-    image_digest: str
+    channels: tuple[tuple[str, str], ...]  # (stored name, digest) of each image channel
     label_digest: str | None
     hidden: bool
+
+    def channel_digest(self, channel: int) -> str:
+        """Digest of image channel ``channel`` (InputError naming the valid range)."""
+        if not 0 <= channel < len(self.channels):
+            raise InputError(
+                f"channel must be between 0 and {len(self.channels) - 1}",
+                path="channel",
+                value=channel,
+            )
+        return self.channels[channel][1]
 
 
 @dataclass(frozen=True)
@@ -124,11 +134,13 @@ def viewer_case(session: Session, sub: Submission, user: User, case_key: str) ->
     for c in subset_cases(session, track.dataset, track.split, subset):
         if c.case_key != case_key:
             continue
-        images = [o.digest for o in c.objects if o.role in _IMAGE_ROLES]
+        # multi-channel cases (BraTS: four MRI sequences) are stored as <case>_0000, _0001 ...
+        images = sorted((o.name, o.digest) for o in c.objects if o.role in _IMAGE_ROLES)
         labels = [o.digest for o in c.objects if o.role in _LABEL_ROLES]
-        if len(images) != 1:
+        if not images:
             raise not_found
-        return ViewerCase(case_key, images[0], labels[0] if len(labels) == 1 else None, hidden)
+        label = labels[0] if len(labels) == 1 else None
+        return ViewerCase(case_key, tuple(images), label, hidden)
     raise not_found
 
 
@@ -225,7 +237,7 @@ def volume_shape(path: Path) -> tuple[int, int, int]:
 
 def case_shape(store: LocalObjectStore, case: ViewerCase, data_dir: Path) -> tuple[int, int, int]:
     """Shape of a viewable case's image (the viewer's slice counts per axis)."""
-    return volume_shape(_nifti_copy(store, case.image_digest, _cache_dir(data_dir)))
+    return volume_shape(_nifti_copy(store, case.channel_digest(0), _cache_dir(data_dir)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -336,14 +348,19 @@ def render_layer(
     axis: int,
     index: int,
     data_dir: Path,
+    channel: int = 0,
 ) -> bytes:
-    """The PNG of one layer of one slice of a case the user may view (see the module doc)."""
+    """The PNG of one layer of one slice of a case the user may view (see the module doc).
+
+    ``channel`` picks the image of a multi-channel case (0 for single-channel ones).
+    """
     if layer not in LAYERS:
-        raise InputError(f"layer must be one of {', '.join(LAYERS)}", value=layer)
+        raise InputError(f"layer must be one of {', '.join(LAYERS)}", path="layer", value=layer)
     case = viewer_case(session, sub, user, case_key)
     cache = _cache_dir(data_dir)
     if layer == "image":
-        return image_slice_png(_nifti_copy(store, case.image_digest, cache), axis, index)
+        digest = case.channel_digest(channel)
+        return image_slice_png(_nifti_copy(store, digest, cache), axis, index)
     if layer == "prediction":
         return label_slice_png(
             prediction_file(store, sub, case_key, data_dir), axis, index, outline=True

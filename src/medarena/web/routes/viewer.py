@@ -96,6 +96,7 @@ def case_page(
     templates: TemplatesDep,
     axis: int = 2,
     index: int | None = None,
+    channel: int = 0,
 ) -> Response:
     """The slice viewer of one case: image, reference and prediction overlays.
 
@@ -109,6 +110,7 @@ def case_page(
         viewer.check_slice(shape, axis, 0)  # the axis first: the default index depends on it
         index = shape[axis] // 2 if index is None else index
         viewer.check_slice(shape, axis, index)
+        case.channel_digest(channel)  # in range
     except MedarenaError as exc:
         raise _http(exc) from None
     n = shape[axis]
@@ -121,6 +123,8 @@ def case_page(
             "axis": axis,
             "n": n,
             "index": index,
+            "channel": channel,
+            "channels": [name for name, _ in case.channels],
             "has_reference": case.label_digest is not None,
             "shape": shape,
         },
@@ -137,13 +141,23 @@ async def slice_png(
     axis: int = 2,
     index: int = 0,
     layer: str = "image",
+    channel: int = 0,
 ) -> Response:
     """One layer of one slice as PNG (image grey levels; reference and prediction RGBA)."""
 
     def render() -> bytes:
         sub = submissions.get_visible_submission(db, submission_id, user)
         return viewer.render_layer(
-            db, cat.store, sub, user, case_key, layer, axis, index, Path(cat.settings.data_dir)
+            db,
+            cat.store,
+            sub,
+            user,
+            case_key,
+            layer,
+            axis,
+            index,
+            Path(cat.settings.data_dir),
+            channel,
         )
 
     try:
