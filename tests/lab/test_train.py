@@ -128,3 +128,13 @@ def test_missing_split_and_target_are_named(lab_catalogue: Catalogue, tmp_path: 
             lab_catalogue,
             tmp_path / "b",
         )
+
+
+def test_finished_run_is_reported_not_retrained(lab_catalogue: Catalogue, tmp_path: Path) -> None:
+    recipe = parse_recipe(seg2d(1))
+    first = train(recipe, lab_catalogue, tmp_path / "run", export=False)
+    weights = (tmp_path / "run" / "model.pt").read_bytes()
+    again = train(recipe, lab_catalogue, tmp_path / "run", export=False)
+    assert again.model == first.model and again.history == first.history
+    assert again.metrics == first.metrics
+    assert (tmp_path / "run" / "model.pt").read_bytes() == weights

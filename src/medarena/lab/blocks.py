@@ -42,6 +42,7 @@ class Context:
     in_channels: int = 1
     out_channels: int = 1
     epochs: int = 1
+    patch_size: tuple[int, ...] = ()  # trainer.patch_size
 
     @property
     def image_keys(self) -> tuple[str, ...]:
@@ -227,8 +228,21 @@ class RandCropByLabelParams(Params):
 
 
 def _rand_crop_by_label(p: RandCropByLabelParams, ctx: Context) -> Any:
-    # The patch size is the recipe's trainer.patch_size: the builder gets it via the trainer.
-    raise InputError("rand_crop_by_label is built by the trainer with trainer.patch_size")
+    from monai.transforms import RandCropByPosNegLabeld
+
+    if len(ctx.patch_size) != ctx.spatial_dims:
+        raise InputError(
+            f"rand_crop_by_label needs trainer.patch_size with {ctx.spatial_dims} values",
+            value=list(ctx.patch_size),
+        )
+    return RandCropByPosNegLabeld(
+        keys=ctx.keys,
+        label_key="label",
+        spatial_size=list(ctx.patch_size),
+        pos=p.pos,
+        neg=p.neg,
+        num_samples=1,
+    )
 
 
 # ---------------------------------------------------------------------------- augmentation

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from medarena.lab.blocks import REGISTRY, Context, RandCropByLabelParams
+from medarena.lab.blocks import REGISTRY, Context
 from medarena.lab.recipe import Recipe
 
 
@@ -20,7 +20,8 @@ def context(recipe: Recipe) -> Context:
     """The builders' context: task, dimensions, channels in and out, epochs."""
     t = recipe.task
     out = 1 if t.type == "regression" else t.num_classes
-    return Context(t.type, t.spatial_dims, t.in_channels, out, recipe.trainer.epochs)
+    tr = recipe.trainer
+    return Context(t.type, t.spatial_dims, t.in_channels, out, tr.epochs, tuple(tr.patch_size))
 
 
 @dataclass
@@ -30,13 +31,7 @@ class Pipelines:
 
 
 def build_pipelines(recipe: Recipe) -> Pipelines:
-    from monai.transforms import (
-        Compose,
-        RandCropByPosNegLabeld,
-        RandSpatialCropd,
-        Resized,
-        SpatialPadd,
-    )
+    from monai.transforms import Compose, RandSpatialCropd, Resized, SpatialPadd
 
     ctx = context(recipe)
     patch = list(recipe.trainer.patch_size)
@@ -44,18 +39,11 @@ def build_pipelines(recipe: Recipe) -> Pipelines:
     crop: Any = None
     for ref in recipe.preprocess:
         block = REGISTRY[ref.block]
-        params = recipe.params_of(ref)
-        if isinstance(params, RandCropByLabelParams):
-            crop = RandCropByPosNegLabeld(
-                keys=ctx.keys,
-                label_key="label",
-                spatial_size=patch,
-                pos=params.pos,
-                neg=params.neg,
-                num_samples=1,
-            )
-            continue
-        cached.append(block.build(params, ctx))
+        built = block.build(recipe.params_of(ref), ctx)
+        if block.random:  # the patch cropper: drawn per step, after padding to the patch
+            crop = built
+        else:
+            cached.append(built)
     per_step: list[Any] = []
     if recipe.task.type == "segmentation":
         per_step.append(SpatialPadd(keys=ctx.keys, spatial_size=patch))

@@ -263,8 +263,9 @@ def train(
     """Train ``recipe`` into ``out_dir``, continuing from its last checkpoint if it has one.
 
     Writes ``recipe.yaml``, ``checkpoints/last.pt``, ``curves.json``, ``model.pt``,
-    ``metrics.json``, ``model_card.json`` and, when the recipe asks for it, ``model.onnx`` +
-    ``export.json``; with ``register`` the model is stored in the model registry.
+    ``metrics.json``, ``model_card.json``, ``result.json`` (once finished: running again
+    reports it, without training or registering again) and, when the recipe asks for it,
+    ``model.onnx`` + ``export.json``; with ``register`` the model is stored in the registry.
     """
     import torch
 
@@ -278,6 +279,12 @@ def train(
             path=out_dir,
             hint="use another --out folder, or delete the folder to start over",
         )
+    done_file = out_dir / "result.json"
+    if previous is not None and done_file.exists():
+        # a finished (and registered) run: report it again, do not train or register twice
+        done = json.loads(done_file.read_text())
+        done["out_dir"] = out_dir
+        return RunResult(**done)
     torch.use_deterministic_algorithms(True, warn_only=True)
     run = _Run(recipe, cat, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -389,7 +396,7 @@ def train(
             export=export_info,
         )
         model_ref = info.ref
-    return RunResult(
+    result = RunResult(
         out_dir,
         history[-1]["epoch"] if history else 0,
         steps_done,
@@ -400,3 +407,5 @@ def train(
         export_info,
         model_ref,
     )
+    _write_json(done_file, {**vars(result), "out_dir": str(out_dir)})
+    return result
