@@ -235,3 +235,39 @@ def test_concurrent_names_differing_in_case_make_one_team(
                 assert user is not None
                 if teams.team_of(s, cid, uid) is not None:
                     teams.leave_team(s, ch, user)
+
+
+def test_two_invitees_accepting_at_once_respect_the_cap(
+    session: Session, challenge: Challenge, people: dict[str, User], catalogue: Catalogue
+) -> None:
+    """team_size_max 2: the captain and one invitee; the other is refused, not let in."""
+    ann, ben, cat = people["ann"], people["ben"], people["cat"]
+    team = teams.create_team(session, challenge, ann, "A")
+    tokens = [teams.invite(session, challenge, team, ann, u.email)[1] for u in (ben, cat)]
+    session.commit()
+    invitees = (ben.id, cat.id)
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def accept(i: int) -> None:
+        with catalogue.sessions() as s:
+            user = s.get(User, invitees[i])
+            assert user is not None
+            barrier.wait()
+            try:
+                teams.accept_invitation(s, tokens[i], user)
+                s.commit()
+                outcomes.append("ok")
+            except InputError as exc:
+                outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=accept, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    refused = [o for o in outcomes if o != "ok"]
+    assert len(outcomes) == 2 and len(refused) == 1, outcomes
+    assert "is full: the challenge allows 2 members" in refused[0]
+    with catalogue.sessions() as s:
+        assert len(teams.members(s, team.id)) == 2

@@ -120,10 +120,11 @@ def _require_free(session: Session, challenge: Challenge, user_id: int) -> None:
 
 
 def _lock_challenge(session: Session, challenge_id: int) -> None:
-    """Serialise team creation in one challenge until the transaction ends.
+    """Serialise changes of the teams of one challenge until the transaction ends.
 
-    The database's unique constraint is case-sensitive; the name check is not, so it must
-    run under a lock or 'Alpha' and 'alpha' created at once both pass it.
+    The checks before them (name taken, case-blind, while the database's unique constraint
+    is case-sensitive; team full) hold only under a lock: 'Alpha' and 'alpha' created at
+    once, or two invitees accepting the last place at once, would both pass them.
     """
     if session.get_bind().dialect.name == "sqlite":
         # SQLite has one write lock for the whole file: a no-op write takes it (waiting up
@@ -216,6 +217,7 @@ def accept_invitation(session: Session, token: str, user: User) -> Team:
     if user.email.strip().lower() != inv.email:
         raise PermissionDenied("this invitation was sent to another e-mail address")
     require_participant(session, challenge, user)
+    _lock_challenge(session, challenge.id)  # two invitees must not both take the last place
     _require_free(session, challenge, user.id)
     cap = load_spec(challenge).team_size_max
     if _size(session, team.id) >= cap:
