@@ -331,3 +331,16 @@ def test_attach_dose_command(
     (root / key / "dose.nii.gz").unlink()
     res = CliRunner().invoke(app, ["datasets", "attach-dose", "hn", str(root)])
     assert res.exit_code == 2 and "dose.nii.gz" in res.output, res.output
+
+
+def test_spec_metric_names_of_a_dose_track_are_checked() -> None:
+    """The engine's names for the configured structures pass; typos and other ROIs do not."""
+    from pydantic import ValidationError
+
+    good = {**SPEC, "tracks": [{**SPEC["tracks"][0], "metrics": ["dvh_error/D_95/PTV70"]}]}
+    assert ChallengeSpec.model_validate(good).tracks[0].metrics == ["dvh_error/D_95/PTV70"]
+    for name, hint in (("dose_scor", "dose_score"), ("dvh_error/D_95/Brainstem", "PTV70")):
+        bad = {**SPEC, "tracks": [{**SPEC["tracks"][0], "primary_metric": name}]}
+        with pytest.raises(ValidationError) as info:
+            ChallengeSpec.model_validate(bad)
+        assert name in str(info.value) and hint in str(info.value), str(info.value)

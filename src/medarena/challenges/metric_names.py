@@ -120,7 +120,20 @@ def _sample(task: str, cfg: Any, root: Path) -> tuple[Path, Path] | None:
             ["case_id", "x", "y", "z", "probability"],
             [[c, 10.5, 10.0, 10.0, 0.9] for c in _CASES] + [[c, 50, 50, 50, 0.2] for c in _CASES],
         )
-    else:  # dose needs per-case structure masks: not sampled, names are not checked
+    elif task == "dose":
+        # one case folder: dose, possible-dose mask and every configured structure
+        ref, pred = root / "ref", root / "pred"
+        (ref / "a").mkdir(parents=True)
+        pred.mkdir()
+        dose = np.linspace(0.0, 70.0, int(np.prod(_SHAPE)), dtype=np.float32).reshape(_SHAPE)
+        _save(ref / "a" / "dose.nii.gz", dose)
+        _save(ref / "a" / "possible_dose_mask.nii.gz", np.ones(_SHAPE, np.uint8))
+        for i, roi in enumerate(cfg.rois):
+            mask = np.zeros(_SHAPE, np.uint8)
+            mask[i % _SHAPE[0], :, :] = 1
+            _save(ref / "a" / f"{roi}.nii.gz", mask)
+        _save(pred / "a.nii.gz", dose + 1.0)
+    else:
         return None
     return ref, pred
 
