@@ -20,7 +20,7 @@ from medarena.datasets.ingest import ingest
 from medarena.datasets.splits import SplitSpec
 from medarena.errors import NotFoundError
 from medarena.lab import parse_recipe
-from medarena.lab.registry import get_model, list_models
+from medarena.lab.registry import compare_models, get_model, list_models
 from medarena.lab.trainer import train
 
 runner = CliRunner()
@@ -71,6 +71,9 @@ def test_trained_models_are_registered_with_card_curves_and_onnx(
     assert m.export["max_abs_diff"] <= m.export["tolerance"]
     ort.InferenceSession(onnx_bytes)
 
+    cmp = compare_models(disks, ["disks-resnet:1", "disks-resnet:2"])
+    assert cmp["same_data"] and cmp["models"] == ["disks-resnet:1", "disks-resnet:2"]
+    assert cmp["metrics"]["accuracy"] == [m.metrics["accuracy"], latest.metrics["accuracy"]]
     with pytest.raises(NotFoundError, match="registered models: disks-resnet"):
         get_model(disks, "nope")
     with pytest.raises(NotFoundError):
@@ -95,5 +98,16 @@ def test_cli_models_list_and_show(
     assert res.exit_code == 0, res.output
     assert "limitations:" in res.output and "max |onnxruntime - torch|" in res.output
     assert out.read_bytes() == (tmp_path / "run" / "model.onnx").read_bytes()
+    weights = tmp_path / "model.pt"
+    res = runner.invoke(
+        app, ["lab", "models", "show", "disks-resnet", "--weights-out", str(weights)]
+    )
+    assert res.exit_code == 0, res.output
+    assert weights.read_bytes() == (tmp_path / "run" / "model.pt").read_bytes()
+    res = runner.invoke(app, ["lab", "models", "compare", "disks-resnet:1", "disks-resnet:1"])
+    assert res.exit_code == 0, res.output
+    assert "accuracy" in res.output and "note:" not in res.output
+    res = runner.invoke(app, ["lab", "models", "compare", "disks-resnet:1"])
+    assert res.exit_code == 2 and "at least two models" in res.output
     res = runner.invoke(app, ["lab", "models", "show", "nope"])
     assert res.exit_code == 2 and "no model 'nope'" in res.output

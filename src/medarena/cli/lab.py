@@ -188,6 +188,9 @@ def register(app: typer.Typer) -> None:
         onnx_out: Path | None = typer.Option(
             None, "--onnx-out", help="Also write the model's ONNX file here."
         ),
+        weights_out: Path | None = typer.Option(
+            None, "--weights-out", help="Also write the PyTorch state dict (model.pt) here."
+        ),
     ) -> None:
         """Show a model: card, metrics, curves, export parity and recipe."""
         from medarena.lab.registry import get_model
@@ -200,6 +203,8 @@ def register(app: typer.Typer) -> None:
                     if m.onnx_digest is None:
                         raise InputError(f"model {m.ref} has no ONNX export", value=ref)
                     cat.store.copy_to(m.onnx_digest, onnx_out)
+                if weights_out is not None:
+                    cat.store.copy_to(m.weights_digest, weights_out)
             finally:
                 cat.close()
         if as_json:
@@ -233,3 +238,34 @@ def register(app: typer.Typer) -> None:
             console.print(f"- {line}", highlight=False)
         if onnx_out is not None:
             console.print(f"ONNX written to {onnx_out}", highlight=False)
+
+    @models.command("compare")
+    @handle_errors
+    def models_compare(
+        refs: list[str] = typer.Argument(..., help="Two or more NAME or NAME:VERSION."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Compare models' validation metrics side by side."""
+        from medarena.lab.registry import compare_models
+
+        with settings_or_exit() as settings:
+            cat = open_catalogue(settings)
+            try:
+                cmp = compare_models(cat, refs)
+            finally:
+                cat.close()
+        if as_json:
+            typer.echo(json.dumps(cmp, indent=2))
+            return
+        table = Table(title="validation metrics")
+        table.add_column("metric")
+        for ref in cmp["models"]:
+            table.add_column(ref, justify="right")
+        for name, values in cmp["metrics"].items():
+            table.add_row(name, *("-" if v is None else f"{v:.4g}" for v in values))
+        console.print(table)
+        if not cmp["same_data"]:
+            console.print(
+                "[yellow]note:[/] the models were trained on different dataset versions",
+                highlight=False,
+            )

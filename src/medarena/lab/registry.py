@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from medarena.datasets.catalogue import Catalogue
 from medarena.db.lab_models import LabModel
-from medarena.errors import NotFoundError
+from medarena.errors import InputError, NotFoundError
 from medarena.lab.recipe import Recipe
 
 
@@ -194,3 +194,25 @@ def get_model(cat: Catalogue, ref: str) -> ModelInfo:
                 f"no model {ref!r}; registered models: {', '.join(known) or '(none)'}"
             )
         return _info(row)
+
+
+def compare_models(cat: Catalogue, refs: list[str]) -> dict[str, Any]:
+    """Validation metrics of several models side by side, with what they were trained on.
+
+    Rows are the union of the models' metric names; a model without a metric has None.
+    ``same_data`` says whether all models saw the same dataset version (else their
+    validation figures are not comparable case for case).
+    """
+    if len(refs) < 2:
+        raise InputError("compare needs at least two models", value=refs)
+    models = [get_model(cat, r) for r in refs]
+    names: list[str] = []
+    for m in models:
+        names += [k for k in m.metrics if k not in names]
+    return {
+        "models": [m.ref for m in models],
+        "task": [m.task for m in models],
+        "dataset_version": [m.dataset_version for m in models],
+        "same_data": len({m.dataset_version for m in models}) == 1,
+        "metrics": {k: [m.metrics.get(k) for m in models] for k in names},
+    }
