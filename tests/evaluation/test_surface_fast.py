@@ -262,3 +262,32 @@ def test_per_region_masks_equal_isin() -> None:
         for m in names:
             assert got[f"{region}/{m}"] == want[m]
     assert got["none/dice"] == 1.0  # both empty: the default policy
+
+
+def test_union_box_any_layout_and_sign() -> None:
+    rng = np.random.default_rng(9)
+    for dtype, order in itertools.product((np.uint8, np.int16, np.float32, bool), "CF"):
+        for _ in range(5):
+            shape = (int(rng.integers(3, 12)), int(rng.integers(3, 12)), int(rng.integers(2, 9)))
+            a = np.zeros(shape, dtype, order=order)
+            b = np.zeros(shape, dtype, order=order)
+            for arr in (a, b):
+                for _ in range(int(rng.integers(0, 3))):
+                    idx = tuple(int(rng.integers(0, n)) for n in shape)
+                    arr[idx] = True if dtype is bool else (-1 if dtype is np.int16 else 2)
+            want = seg.bounding_box((a != 0) | (b != 0), 1)
+            assert seg.union_box(a, b, 1) == want
+            assert seg.union_box(a[:, ::2], b[:, ::2]) == seg.bounding_box(
+                (a[:, ::2] != 0) | (b[:, ::2] != 0)
+            )
+
+
+def test_fortran_ordered_label_maps_score_the_same() -> None:
+    shape = (26, 24, 14)
+    ref = (blob(shape, 21, 2.0, 0.5).astype(np.uint8) * 2) + blob(shape, 22, 2.0, 0.55)
+    pred = (blob(shape, 23, 2.0, 0.5).astype(np.uint8) * 2) + blob(shape, 24, 2.0, 0.55)
+    regions = {"a": (1, 2, 3), "b": (1, 3)}
+    sp = (0.9, 1.0, 2.5)
+    c_order = seg.per_region(pred, ref, sp, regions)
+    f_order = seg.per_region(np.asfortranarray(pred), np.asfortranarray(ref), sp, regions)
+    assert c_order == f_order

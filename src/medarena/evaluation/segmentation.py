@@ -110,28 +110,37 @@ def union_box(a: NDArray[Any], b: NDArray[Any], margin: int = 0) -> tuple[slice,
     """Bounding box (grown by ``margin``, clipped) of the non-zero voxels of ``a`` or ``b``.
 
     Same result as ``bounding_box((a != 0) | (b != 0), margin)`` but with one pass over the
-    full arrays: integer maps are OR-ed bitwise (non-zero iff either is), the first axis is
-    reduced once (element-wise maxima of whole slabs, the fastest reduction), and the first
-    axis' extent is found on the crop of the other axes.
+    full arrays and no full-size temporary for boolean and unsigned maps (their maximum is
+    non-zero iff an element is): the outermost axis in memory is reduced once per map
+    (element-wise maxima of whole slabs, the fastest reduction), and its extent is found on
+    the crop of the other axes.
     """
     if a.shape != b.shape:
         raise InputError(f"shapes {a.shape} and {b.shape} differ")
-    if a.dtype.kind in "biu" and b.dtype.kind in "biu":
-        m: NDArray[Any] = np.bitwise_or(a, b)
-    else:
-        m = (a != 0) | (b != 0)
-    if m.ndim < 2:
-        return bounding_box(m != 0, margin)
-    face = m.max(axis=0) != 0  # max is faster than any() on integer maps
+    if a.ndim < 2:
+        return bounding_box((a != 0) | (b != 0), margin)
+    # signed and float maps become boolean (a negative label would hide under max)
+    ma = a if a.dtype.kind in "bu" else a != 0
+    mb = b if b.dtype.kind in "bu" else b != 0
+    # reduce the axis with the largest stride (the first in C order, the last in Fortran
+    # order, as NIfTI arrays come): element-wise maxima of whole slabs
+    ax = int(np.argmax(np.abs(ma.strides)))
+    others = [i for i in range(a.ndim) if i != ax]
+    face = np.maximum(ma.max(axis=ax), mb.max(axis=ax)) != 0
     box = bounding_box(face)
     if box is None:
         return None
-    column = m[(slice(None), *box)].max(axis=tuple(range(1, m.ndim))) != 0
-    hit = np.flatnonzero(column)
-    full = (slice(int(hit[0]), int(hit[-1]) + 1), *box)
+    sub: list[slice] = [slice(None)] * a.ndim
+    for i, s in zip(others, box, strict=True):
+        sub[i] = s
+    column = np.maximum(
+        ma[tuple(sub)].max(axis=tuple(others)), mb[tuple(sub)].max(axis=tuple(others))
+    )
+    hit = np.flatnonzero(column != 0)
+    sub[ax] = slice(int(hit[0]), int(hit[-1]) + 1)
     return tuple(
         slice(max(s.start - margin, 0), min(s.stop + margin, n))
-        for s, n in zip(full, m.shape, strict=True)
+        for s, n in zip(sub, a.shape, strict=True)
     )
 
 
@@ -221,7 +230,9 @@ def _metrics_on_masks(
     box = union_box(pred, ref)
     if box is None:
         return {m: empty.value(m, "both_empty", full_shape, spacing) for m in names}
-    pred, ref = pred[box], ref[box]
+    # C order for everything below (NIfTI arrays come in Fortran order, on which the shifted
+    # slices and flat indexing of the surface code are several times slower)
+    pred, ref = np.ascontiguousarray(pred[box]), np.ascontiguousarray(ref[box])
     n_pred, n_ref = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
     if n_pred == 0 or n_ref == 0:
         case: EmptyCase = "ref_empty" if n_ref == 0 else "pred_empty"
@@ -423,13 +434,16 @@ def per_region(
     if len(full_shape) != pred_labels.ndim:
         raise InputError("image_shape must have one value per array axis", value=image_shape)
     box = union_box(pred_labels, ref_labels)
+    if box is not None:  # one C-ordered copy of the crops (see _metrics_on_masks)
+        pred_crop = np.ascontiguousarray(pred_labels[box])
+        ref_crop = np.ascontiguousarray(ref_labels[box])
     out: dict[str, float] = {}
     for region, labels in regions.items():
         if box is None:
             p = r = np.zeros((1,) * pred_labels.ndim, bool)
         else:
-            p = _region_mask(pred_labels[box], labels)
-            r = _region_mask(ref_labels[box], labels)
+            p = _region_mask(pred_crop, labels)
+            r = _region_mask(ref_crop, labels)
         vals = _metrics_on_masks(
             p, r, sp, full_shape, names, nsd_tol, hd95_variant, nsd_variant, empty
         )
