@@ -29,8 +29,17 @@ def write_dataset(root: Path, ndim: int, size: int, n: int = 8) -> None:
         write_nifti(
             Image(mask.astype(np.uint8), spacing, kind="label"), root / "labels" / f"{key}.nii.gz"
         )
-        rows.append({"case_id": key, "bright": "high" if high else "low", "radius": radius})
+        rows.append(
+            {
+                "case_id": key,
+                "bright": "high" if high else "low",
+                "radius": radius,
+                "sex": "F" if i % 4 < 2 else "M",
+                "age": 30 + 6 * i,
+                "site": "north" if i < 4 else "south",
+            }
+        )
     with open(root / "labels.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["case_id", "bright", "radius"])
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)

@@ -64,6 +64,13 @@ def test_trained_models_are_registered_with_card_curves_and_onnx(
     assert card["training_data"]["train_cases"] == 6
     assert card["training_data"]["class_names"] == ["high", "low"]
     assert any("not for clinical" in x for x in card["limitations"])
+    # per-subgroup validation accuracy from the evaluation engine's subgroup analysis
+    subgroups = {a["attribute"]: a for a in card["metrics"]["subgroups"]}
+    assert set(subgroups) == {"sex", "age_band", "site"}
+    for a in subgroups.values():
+        assert a["metric"] == "correct"
+        assert sum(g["n"] for g in a["groups"]) == 2  # the 2 validation cases
+        assert all(0.0 <= g["mean"] <= 1.0 for g in a["groups"])
     # the ONNX file in the store is the exported one and runs
     onnx_bytes = disks.store.get_bytes(m.onnx_digest or "")
     assert onnx_bytes == (tmp_path / "run1" / "model.onnx").read_bytes()

@@ -30,6 +30,17 @@ class CaseArrays:
     affine: np.ndarray  # 4x4 voxel -> RAS (mm)
     label: np.ndarray | None = None  # (1, *spatial) segmentation label map
     target: float | int | None = None  # class index or regression value
+    attributes: dict[str, str] | None = None  # sex, site, age_band (for subgroup metrics)
+
+
+def _attributes(rec: dict[str, Any]) -> dict[str, str]:
+    # the evaluation engine's default age bands ([0,18), [18,40), [40,65), [65,inf))
+    from medarena.evaluation.subgroups import age_band
+
+    out = {k: str(rec[k]) for k in ("sex", "site") if rec.get(k) not in (None, "")}
+    if rec.get("age_years") is not None:
+        out["age_band"] = age_band(float(rec["age_years"]))
+    return out
 
 
 @dataclass
@@ -159,6 +170,7 @@ def load_split(cat: Catalogue, recipe: Recipe) -> SplitData:
         out = []
         for r in recs:
             case = _read_case(cat, r, recipe)
+            case.attributes = _attributes(r)
             if recipe.task.type == "classification":
                 case.target = class_names.index(str(r["labels"][ds.target]))
             elif recipe.task.type == "regression":

@@ -55,9 +55,35 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+SUBGROUP_ATTRIBUTES: tuple[str, ...] = ("sex", "age_band", "site")
+
+
+def subgroup_metrics(
+    per_case: dict[str, dict[str, float]], attributes: dict[str, dict[str, str]]
+) -> list[dict[str, Any]]:
+    """The validation metric per subgroup (evaluation engine's ``subgroup_analysis``).
+
+    One analysis per attribute that at least one validation case has; per-case metrics
+    are Dice (segmentation), ``correct`` (classification) and ``abs_error`` (regression).
+    """
+    from medarena.evaluation.subgroups import subgroup_analysis
+
+    if not per_case:
+        return []
+    metric = next(iter(next(iter(per_case.values()))))
+    out = []
+    for attr in SUBGROUP_ATTRIBUTES:
+        if not any(attr in a for a in attributes.values()):
+            continue
+        analysis = subgroup_analysis(per_case, attributes, metric=metric, by=attr, bootstrap=200)
+        out.append(analysis.model_dump(mode="json"))
+    return out
+
+
 def model_card(
     recipe: Recipe,
     *,
+    subgroups: list[dict[str, Any]],
     dataset_version: str,
     n_train: int,
     n_validation: int,
@@ -73,9 +99,12 @@ def model_card(
         f"split; performance on other sites, scanners or populations is unknown.",
         "Validation metrics are computed in the preprocessed grid (after resampling), "
         "not in each case's original geometry.",
-        "Metrics per subgroup (sex, age, site) are not computed yet.",
         "A research model: not a medical device, not for clinical decisions.",
     ]
+    if not subgroups:
+        limitations.append(
+            "No subgroup metrics: the validation cases carry no sex, age or site attribute."
+        )
     if stopped == "time_budget":
         limitations.append("Training stopped at its time budget before the last epoch.")
     undefined = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
@@ -101,7 +130,11 @@ def model_card(
                 "in_channels": t.in_channels,
                 "patch_size": recipe.trainer.patch_size,
             },
-            "metrics": {"validation": metrics, "computed_by": "medarena.evaluation"},
+            "metrics": {
+                "validation": metrics,
+                "subgroups": subgroups,
+                "computed_by": "medarena.evaluation",
+            },
             "limitations": limitations,
             "export": export or {},
         }

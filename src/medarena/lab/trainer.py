@@ -134,6 +134,8 @@ class _Run:
         self.train_cases = [pipes.cached(_as_dict(c)) for c in split.train]
         self.val_cases = [pipes.cached(_as_dict(c)) for c in split.validation]
         self.val_keys = [c.key for c in split.validation]
+        self.val_attributes = {c.key: c.attributes or {} for c in split.validation}
+        self.per_case: dict[str, dict[str, float]] = {}  # of the last validation
         torch.manual_seed(self.tr.seed)
         net, self.loss_fn, make_opt, make_sched = build_model_parts(recipe)
         self.model = net.to(self.device)
@@ -203,6 +205,10 @@ class _Run:
                 logits = np.stack(outs).astype(np.float64)
                 e = np.exp(logits - logits.max(axis=1, keepdims=True))
                 scores = e / e.sum(axis=1, keepdims=True)
+                hits = scores.argmax(axis=1) == targets.astype(int)
+                self.per_case = {
+                    k: {"correct": float(h)} for k, h in zip(self.val_keys, hits, strict=True)
+                }
                 m = classification_metrics(
                     targets.astype(int),
                     scores,
@@ -211,6 +217,10 @@ class _Run:
                 )
                 return {k: v for k, v in m.items() if k in ("accuracy", "auc", "f1_macro")}
             preds = np.asarray([o.reshape(-1)[0] for o in outs], dtype=np.float64)
+            errors = np.abs(preds - targets.astype(np.float64))
+            self.per_case = {
+                k: {"abs_error": float(v)} for k, v in zip(self.val_keys, errors, strict=True)
+            }
             m = regression_metrics(targets.astype(np.float64), preds)
             return {k: m[k] for k in ("mae", "rmse")}
         finally:
@@ -228,6 +238,7 @@ class _Run:
                 for k in range(1, self.recipe.task.num_classes)
             ]
             per_case.append(float(np.mean(dices)))
+        self.per_case = {k: {"dice": v} for k, v in zip(self.val_keys, per_case, strict=True)}
         return {"dice": float(np.mean(per_case))}
 
     # ------------------------------------------------------------------ state
@@ -370,10 +381,13 @@ def train(
 
         export_info = export_onnx(run, out_dir / "model.onnx")
         _write_json(out_dir / "export.json", export_info)
-    from medarena.lab.registry import model_card, register_model
+    from medarena.lab.registry import model_card, register_model, subgroup_metrics
 
+    if not run.per_case:  # resumed after the last validation: validate once more
+        run.validate()
     card = model_card(
         recipe,
+        subgroups=subgroup_metrics(run.per_case, run.val_attributes),
         dataset_version=run.dataset_version,
         n_train=len(run.train_cases),
         n_validation=len(run.val_cases),
