@@ -31,7 +31,7 @@ from medarena.cli.main import app
 from medarena.config import get_settings
 from medarena.datasets.catalogue import Catalogue
 from medarena.db.engine import create_engine_for
-from medarena.db.platform_models import Submission, User
+from medarena.db.platform_models import Job, Submission, User
 from medarena.jobs.background import start_background_workers
 from medarena.storage import open_store
 from medarena.web.app import create_app
@@ -229,3 +229,47 @@ def test_upload_over_the_phase_limit_is_refused_clearly(server: Server, tmp_path
     err = " ".join(res.stderr.split())
     assert res.exit_code == 2 and "413" in err and "larger than this phase's limit" in err, err
     assert _count(server) == before
+
+
+def test_wait_prints_progress_once_per_change(server: Server, tmp_path: Path) -> None:
+    """--wait's status lines against the live server while a submission runs and finishes."""
+    import httpx
+    from sqlalchemy import update
+
+    from medarena.cli.submit import _follow
+
+    archive = _archive(tmp_path / "good.zip", "c3,50\nc5,50\nc7,50\n")
+    res = _submit(server, server.tokens["ada"], archive, "--wait", "--poll", "0.1")
+    sid = int(res.stdout.split()[1])
+
+    def set_row(status: str, progress: float) -> None:
+        # as a worker shows a job under way: status on the submission, progress on its job
+        with server.p.sessions() as s, s.begin():
+            s.execute(update(Submission).where(Submission.id == sid).values(status=status))
+            key = Job.dedupe_key.like(f"submission:{sid}:spec:%")
+            s.execute(update(Job).where(key).values(progress=progress))
+
+    set_row("running", 0.4)
+
+    def finish() -> None:
+        time.sleep(0.6)
+        set_row("running", 0.8)
+        time.sleep(0.6)
+        set_row("scored", 1.0)
+
+    t = threading.Thread(target=finish)
+    t.start()
+    auth = {"Authorization": f"Bearer {server.tokens['ada']}"}
+    with httpx.Client(base_url=server.url, headers=auth) as c:
+        out = io.StringIO()
+        from medarena.cli import submit as submit_mod
+
+        saved = submit_mod.console.file
+        submit_mod.console.file = out
+        try:
+            st = _follow(c, sid, "queued", 0.1, 10.0)
+        finally:
+            submit_mod.console.file = saved
+    t.join()
+    assert st["status"] == "scored"
+    assert out.getvalue().splitlines() == ["running 40%", "running 80%", "scored"]
