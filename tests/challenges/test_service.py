@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from medarena.challenges import service
 from medarena.challenges.spec import ChallengeSpec, parse_spec
 from medarena.datasets.catalogue import Catalogue, case_records, list_datasets, make_split
 from medarena.datasets.splits import SplitSpec
-from medarena.db.platform_models import AuditEvent, RulesAcceptance, Submission
+from medarena.db.platform_models import AuditEvent, RulesAcceptance, Submission, User
 from medarena.errors import InputError, NotFoundError
 
 
@@ -243,3 +244,36 @@ def test_split_names_are_listed_in_order(catalogue: Catalogue) -> None:
     with catalogue.session() as s, pytest.raises(InputError) as info:
         service.subset_info(s, "brain", "other", "test")
     assert "splits: alpha, challenge, zeta" in str(info.value)
+
+
+def test_joining_twice_at_once_is_idempotent(
+    catalogue: Catalogue, spec: ChallengeSpec, make_user, session: Session
+) -> None:
+    """A double-clicked join: both requests succeed, one acceptance and one role are stored."""
+    org, bob = make_user("org@example.org"), make_user("bob@example.org")
+    service.create_challenge(session, spec, actor_id=org.id)
+    session.commit()
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def join() -> None:
+        with catalogue.sessions() as s:
+            ch, user = service.get_challenge(s, "brain-2025"), s.get(User, bob.id)
+            assert user is not None
+            barrier.wait()
+            try:
+                service.join_challenge(s, ch, user)
+                s.commit()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=join) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    with catalogue.sessions() as s:
+        ch = service.get_challenge(s, "brain-2025")
+        assert len(s.scalars(select(RulesAcceptance)).all()) == 1
+        assert roles_of(s, bob.id, ch.id) == {"participant"}

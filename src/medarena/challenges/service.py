@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from medarena.accounts.audit import audit
@@ -281,10 +281,27 @@ def has_accepted_rules(session: Session, challenge: Challenge, user_id: int) -> 
     )
 
 
+def lock_challenge(session: Session, challenge_id: int) -> None:
+    """Serialise changes of one challenge's participants and teams until the transaction ends.
+
+    Their checks hold only under a lock: two joins of one person at once would both insert
+    the acceptance (a unique violation); 'Alpha' and 'alpha' created at once would both pass
+    the case-blind name check (the database's constraint is case-sensitive); two invitees
+    accepting the last place at once would both join.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite has one write lock for the whole file: a no-op write takes it (waiting up
+        # to the busy timeout), also after this transaction has read.
+        session.execute(text("UPDATE challenges SET id = id WHERE id = :id"), {"id": challenge_id})
+    else:
+        session.execute(select(Challenge.id).where(Challenge.id == challenge_id).with_for_update())
+
+
 def join_challenge(session: Session, challenge: Challenge, user: User) -> None:
     """Accept the current rules and become a participant (idempotent)."""
     if not user.is_active:
         raise PermissionDenied("this account is deactivated")
+    lock_challenge(session, challenge.id)
     if not has_accepted_rules(session, challenge, user.id):
         session.add(
             RulesAcceptance(

@@ -13,13 +13,14 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from medarena.accounts.audit import audit
 from medarena.challenges.service import (
     PermissionDenied,
     load_spec,
+    lock_challenge,
     require_organizer,
     require_participant,
 )
@@ -119,28 +120,13 @@ def _require_free(session: Session, challenge: Challenge, user_id: int) -> None:
         )
 
 
-def _lock_challenge(session: Session, challenge_id: int) -> None:
-    """Serialise changes of the teams of one challenge until the transaction ends.
-
-    The checks before them (name taken, case-blind, while the database's unique constraint
-    is case-sensitive; team full) hold only under a lock: 'Alpha' and 'alpha' created at
-    once, or two invitees accepting the last place at once, would both pass them.
-    """
-    if session.get_bind().dialect.name == "sqlite":
-        # SQLite has one write lock for the whole file: a no-op write takes it (waiting up
-        # to the busy timeout), also after this transaction has read.
-        session.execute(text("UPDATE challenges SET id = id WHERE id = :id"), {"id": challenge_id})
-    else:
-        session.execute(select(Challenge.id).where(Challenge.id == challenge_id).with_for_update())
-
-
 def create_team(session: Session, challenge: Challenge, user: User, name: str) -> Team:
     """Create a team with ``user`` as its captain."""
     require_participant(session, challenge, user)
     name = " ".join(name.split())
     if not 1 <= len(name) <= 120:
         raise InputError("a team name has 1 to 120 characters", value=name)
-    _lock_challenge(session, challenge.id)
+    lock_challenge(session, challenge.id)
     _require_free(session, challenge, user.id)
     taken = session.scalars(
         select(Team.id).where(
@@ -217,7 +203,7 @@ def accept_invitation(session: Session, token: str, user: User) -> Team:
     if user.email.strip().lower() != inv.email:
         raise PermissionDenied("this invitation was sent to another e-mail address")
     require_participant(session, challenge, user)
-    _lock_challenge(session, challenge.id)  # two invitees must not both take the last place
+    lock_challenge(session, challenge.id)  # two invitees must not both take the last place
     _require_free(session, challenge, user.id)
     cap = load_spec(challenge).team_size_max
     if _size(session, team.id) >= cap:
