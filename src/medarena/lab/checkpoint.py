@@ -10,6 +10,7 @@ either the previous or the new checkpoint, never a torn one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -25,9 +26,11 @@ CHECKPOINT_NAME = "last.pt"
 def rng_states() -> dict[str, Any]:
     import torch
 
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    # plain Python values, so the checkpoint loads with torch.load(weights_only=True)
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
         "python": random.getstate(),
     }
 
@@ -36,8 +39,10 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     import torch
 
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
@@ -72,7 +77,8 @@ def load_checkpoint(folder: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
+        # weights_only: a checkpoint is data, never code to unpickle
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise InputError(f"cannot read checkpoint: {exc}", path=path) from None
     return state
