@@ -17,7 +17,7 @@ from medarena.datasets.catalogue import Catalogue
 from medarena.lab import parse_recipe
 from medarena.lab.trainer import train
 
-EPOCHS = 12
+EPOCHS = 8
 TEXT = seg2d(EPOCHS).replace("seed: 1}", "seed: 1, val_every: 4}")
 
 
