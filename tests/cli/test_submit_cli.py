@@ -236,6 +236,7 @@ def test_wait_prints_progress_once_per_change(server: Server, tmp_path: Path) ->
     import httpx
     from sqlalchemy import update
 
+    from medarena.cli.common import console
     from medarena.cli.submit import _follow
 
     archive = _archive(tmp_path / "good.zip", "c3,50\nc5,50\nc7,50\n")
@@ -260,16 +261,8 @@ def test_wait_prints_progress_once_per_change(server: Server, tmp_path: Path) ->
     t = threading.Thread(target=finish)
     t.start()
     auth = {"Authorization": f"Bearer {server.tokens['ada']}"}
-    with httpx.Client(base_url=server.url, headers=auth) as c:
-        out = io.StringIO()
-        from medarena.cli import submit as submit_mod
-
-        saved = submit_mod.console.file
-        submit_mod.console.file = out
-        try:
-            st = _follow(c, sid, "queued", 0.1, 10.0)
-        finally:
-            submit_mod.console.file = saved
+    with httpx.Client(base_url=server.url, headers=auth) as c, console.capture() as captured:
+        st = _follow(c, sid, "queued", 0.1, 10.0)
     t.join()
     assert st["status"] == "scored"
-    assert out.getvalue().splitlines() == ["running 40%", "running 80%", "scored"]
+    assert captured.get().splitlines() == ["running 40%", "running 80%", "scored"]
