@@ -230,7 +230,11 @@ def register(app: typer.Typer) -> None:
             curve.add_column(col)
         skip = ("epoch", "step", "loss", "lr", "stopped")
         for row in m.curves:
-            val = ", ".join(f"{k} {v}" for k, v in row.items() if k not in skip)
+            val = ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in row.items()
+                if k not in skip
+            )
             curve.add_row(str(row["epoch"]), f"{row['loss']:.4f}", f"{row['lr']:.3g}", val)
         console.print(curve)
         console.print("limitations:", highlight=False)
