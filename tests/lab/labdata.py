@@ -34,6 +34,8 @@ def write_dataset(root: Path, ndim: int, size: int, n: int = 8) -> None:
                 "case_id": key,
                 "bright": "high" if high else "low",
                 "radius": radius,
+                "is_bright": int(high),
+                "is_big": int(radius > size * 0.21),
                 "sex": "F" if i % 4 < 2 else "M",
                 "age": 30 + 6 * i,
                 "site": "north" if i < 4 else "south",

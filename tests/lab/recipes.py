@@ -65,6 +65,21 @@ optimizer: {block: adamw, params: {lr: 0.01}}
 trainer: {epochs: 2, batch_size: 3, patch_size: [24, 24]}
 """
 
+ML2D = """\
+name: disks-multilabel
+dataset: {name: disks2d, split: default, targets: [is_bright, is_big]}
+task: {type: multilabel, spatial_dims: 2}
+preprocess:
+  - block: scale_range
+augment:
+  - block: flip
+network:
+  block: densenet
+  params: {init_features: 4, growth_rate: 4, block_config: [1, 1]}
+loss: {block: bce}
+trainer: {epochs: 2, batch_size: 3, patch_size: [24, 24]}
+"""
+
 REG2D = """\
 name: disks-densenet
 dataset: {name: disks2d, split: default, target: radius}

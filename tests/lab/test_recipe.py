@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from recipes import CLS2D, REG2D, SEG3D, seg2d
+from recipes import CLS2D, ML2D, REG2D, SEG3D, seg2d
 from typer.testing import CliRunner
 
 from medarena.cli.main import app
@@ -27,7 +27,7 @@ def _problems(text: str) -> list[tuple[int | None, str, str]]:
     return [(p.line, p.field, p.message) for p in info.value.problems]
 
 
-@pytest.mark.parametrize("text", [seg2d(2), SEG3D, CLS2D, REG2D])
+@pytest.mark.parametrize("text", [seg2d(2), SEG3D, CLS2D, ML2D, REG2D])
 def test_example_recipes_are_valid_and_build(text: str) -> None:
     recipe = parse_recipe(text)
     pipes = build_pipelines(recipe)
@@ -84,6 +84,10 @@ def test_patch_size_must_match_dims_and_targets_are_required() -> None:
     assert "needs 2 values" in msg
     [(_, _, msg)] = _problems(CLS2D.replace(", target: bright", ""))
     assert "dataset.target" in msg
+    [(_, _, msg)] = _problems(ML2D.replace(", targets: [is_bright, is_big]", ""))
+    assert "dataset.targets" in msg
+    [(_, field, msg)] = _problems(ML2D.replace("{block: bce}", "{block: ce}"))
+    assert field == "loss.block" and "does not support task 'multilabel'" in msg
 
 
 def test_yaml_syntax_and_duplicate_keys() -> None:

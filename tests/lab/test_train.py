@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from recipes import CLS2D, REG2D, SEG3D, seg2d
+from recipes import CLS2D, ML2D, REG2D, SEG3D, seg2d
 
 from medarena.datasets.catalogue import Catalogue
 from medarena.errors import InputError
@@ -23,8 +23,14 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     ("text", "metric"),
-    [(seg2d(2), "dice"), (SEG3D, "dice"), (CLS2D, "accuracy"), (REG2D, "mae")],
-    ids=["seg2d", "seg3d", "classification", "regression"],
+    [
+        (seg2d(2), "dice"),
+        (SEG3D, "dice"),
+        (CLS2D, "accuracy"),
+        (ML2D, "subset_accuracy"),
+        (REG2D, "mae"),
+    ],
+    ids=["seg2d", "seg3d", "classification", "multilabel", "regression"],
 )
 def test_each_task_trains_validates_and_checkpoints(
     lab_catalogue: Catalogue, tmp_path: Path, text: str, metric: str

@@ -23,8 +23,8 @@ from medarena.errors import InputError
 
 Kind = Literal["preprocess", "augment", "network", "loss", "optimizer", "schedule"]
 KINDS: tuple[str, ...] = ("preprocess", "augment", "network", "loss", "optimizer", "schedule")
-TaskType = Literal["segmentation", "classification", "regression"]
-TASK_TYPES: tuple[str, ...] = ("segmentation", "classification", "regression")
+TaskType = Literal["segmentation", "classification", "multilabel", "regression"]
+TASK_TYPES: tuple[str, ...] = ("segmentation", "classification", "multilabel", "regression")
 
 
 class Params(BaseModel):
@@ -499,7 +499,8 @@ def _resnet(p: ResNetParams, ctx: Context) -> Any:
 
 # ---------------------------------------------------------------------------- losses
 # Every loss takes (logits, target) in the trainer's target format: segmentation (B,1,...)
-# class indices, classification (B,) class indices, regression (B,T) floats.
+# class indices, classification (B,) class indices, multilabel (B,L) 0/1 floats,
+# regression (B,T) floats.
 
 
 class NoParams(Params):
@@ -563,6 +564,8 @@ def _bce(p: NoParams, ctx: Context) -> Any:
     import torch
 
     bce = torch.nn.BCEWithLogitsLoss()
+    if ctx.task == "multilabel":  # targets are already (B, L) 0/1 floats
+        return bce
 
     def one_hot_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         onehot = torch.nn.functional.one_hot(target.long(), logits.shape[1]).to(logits.dtype)
@@ -656,8 +659,8 @@ def _constant(p: NoParams, ctx: Context) -> Any:
 # ---------------------------------------------------------------------------- the registry
 
 _SEG: tuple[str, ...] = ("segmentation",)
-_CLS: tuple[str, ...] = ("classification",)
-_IMG_LEVEL: tuple[str, ...] = ("classification", "regression")
+_CLS: tuple[str, ...] = ("classification", "multilabel")
+_IMG_LEVEL: tuple[str, ...] = ("classification", "multilabel", "regression")
 
 _BLOCKS: tuple[Block, ...] = (
     Block("orientation", "preprocess", "Reorient to axis codes", OrientationParams, _orientation),
@@ -772,7 +775,14 @@ _BLOCKS: tuple[Block, ...] = (
         _ce,
         tasks=("segmentation", "classification"),
     ),
-    Block("bce", "loss", "Binary cross-entropy per class (one-hot)", NoParams, _bce, tasks=_CLS),
+    Block(
+        "bce",
+        "loss",
+        "Binary cross-entropy per label (multi-class: one-hot)",
+        NoParams,
+        _bce,
+        tasks=_CLS,
+    ),
     Block("mse", "loss", "Mean squared error", NoParams, _mse, tasks=("regression",)),
     Block("l1", "loss", "Mean absolute error", NoParams, _l1, tasks=("regression",)),
     Block("adam", "optimizer", "Adam", AdamParams, _adam),

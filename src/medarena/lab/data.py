@@ -29,7 +29,7 @@ class CaseArrays:
     image: np.ndarray  # (C, *spatial) float32
     affine: np.ndarray  # 4x4 voxel -> RAS (mm)
     label: np.ndarray | None = None  # (1, *spatial) segmentation label map
-    target: float | int | None = None  # class index or regression value
+    target: float | int | list[float] | None = None  # class index, 0/1 labels or a value
     attributes: dict[str, str] | None = None  # sex, site, age_band (for subgroup metrics)
 
 
@@ -140,15 +140,17 @@ def load_split(cat: Catalogue, recipe: Recipe) -> SplitData:
                 f"subset {name!r} of split {ds.split!r} has no cases", path="dataset", value=name
             )
     class_names: list[str] = []
-    if recipe.task.type in ("classification", "regression"):
-        assert ds.target is not None
-        for r in records:
-            if r["splits"].get(ds.split) in subsets and r["labels"].get(ds.target) is None:
+    names = ds.targets or ([ds.target] if ds.target else [])
+    for r in records:
+        for t in names:
+            if r["splits"].get(ds.split) in subsets and r["labels"].get(t) is None:
                 raise InputError(
-                    f"case {r['case_key']!r} has no label {ds.target!r}",
-                    path="dataset.target",
-                    value=ds.target,
+                    f"case {r['case_key']!r} has no label {t!r}",
+                    path="dataset.targets" if ds.targets else "dataset.target",
+                    value=t,
                 )
+    if recipe.task.type == "multilabel":
+        class_names = list(names)
     if recipe.task.type == "classification":
         values = sorted({str(r["labels"][ds.target]) for recs in subsets.values() for r in recs})
         class_names = recipe.task.class_names or values
@@ -173,6 +175,14 @@ def load_split(cat: Catalogue, recipe: Recipe) -> SplitData:
             case.attributes = _attributes(r)
             if recipe.task.type == "classification":
                 case.target = class_names.index(str(r["labels"][ds.target]))
+            elif recipe.task.type == "multilabel":
+                values = [r["labels"][t] for t in names]
+                if any(v not in (0, 1, 0.0, 1.0) for v in values):
+                    raise InputError(
+                        f"case {r['case_key']!r}: multilabel labels {names} must be 0 or 1",
+                        value=values,
+                    )
+                case.target = [float(v) for v in values]
             elif recipe.task.type == "regression":
                 try:
                     case.target = float(r["labels"][ds.target])

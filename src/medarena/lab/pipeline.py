@@ -19,7 +19,9 @@ from medarena.lab.recipe import Recipe
 def context(recipe: Recipe) -> Context:
     """The builders' context: task, dimensions, channels in and out, epochs."""
     t = recipe.task
-    out = 1 if t.type == "regression" else t.num_classes
+    out = {"regression": 1, "multilabel": len(recipe.dataset.targets or ())}.get(
+        t.type, t.num_classes
+    )
     tr = recipe.trainer
     return Context(t.type, t.spatial_dims, t.in_channels, out, tr.epochs, tuple(tr.patch_size))
 

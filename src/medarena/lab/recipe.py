@@ -39,6 +39,9 @@ class DatasetRef(_Strict):
     target: str | None = Field(
         None, description="Case label holding the class / value (classification, regression)."
     )
+    targets: list[str] | None = Field(
+        None, description="Multilabel: the case labels (each 0 or 1), one output per label."
+    )
 
 
 class TaskSpec(_Strict):
@@ -118,6 +121,8 @@ class Recipe(_Strict):
             raise ValueError(
                 f"a {self.task.type} recipe needs dataset.target (the case label to learn)"
             )
+        if self.task.type == "multilabel" and not self.dataset.targets:
+            raise ValueError("a multilabel recipe needs dataset.targets (the 0/1 case labels)")
         return self
 
     def refs(self) -> list[tuple[tuple[str | int, ...], Kind, BlockRef]]:

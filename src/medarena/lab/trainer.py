@@ -9,8 +9,8 @@ never interrupted. The loop only touches the model through forward/backward/step
 wrapping it in DistributedDataParallel later changes nothing else.
 
 Validation uses the evaluation engine's metric functions (the ones that score challenges):
-Dice per foreground class for segmentation, ``classification_metrics`` (multiclass) and
-``regression_metrics``, computed on the validation cases in the preprocessed grid.
+Dice per foreground class for segmentation, ``classification_metrics`` (multiclass or
+multilabel) and ``regression_metrics``, computed on the validation cases in the preprocessed grid.
 """
 
 from __future__ import annotations
@@ -44,7 +44,12 @@ from medarena.lab.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
-MAIN_METRIC = {"segmentation": "dice", "classification": "accuracy", "regression": "mae"}
+MAIN_METRIC = {
+    "segmentation": "dice",
+    "classification": "accuracy",
+    "multilabel": "subset_accuracy",
+    "regression": "mae",
+}
 
 
 @dataclass
@@ -161,6 +166,8 @@ class _Run:
             y = torch.stack(targets).to(self.device)
         elif self.task == "classification":
             y = torch.stack(targets).long().to(self.device)
+        elif self.task == "multilabel":
+            y = torch.stack(targets).float().to(self.device)
         else:
             y = torch.stack(targets).float().reshape(-1, 1).to(self.device)
         return x, y
@@ -201,6 +208,17 @@ class _Run:
                 return self._validate_segmentation()
             outs = [self.predict(c["image"]).cpu().numpy() for c in self.val_cases]
             targets = np.asarray([c["target"] for c in self.val_cases])
+            if self.task == "multilabel":
+                scores = 1.0 / (1.0 + np.exp(-np.stack(outs).astype(np.float64)))
+                exact = np.all((scores >= 0.5) == (targets >= 0.5), axis=1)
+                self.per_case = {
+                    k: {"correct": float(h)} for k, h in zip(self.val_keys, exact, strict=True)
+                }
+                m = classification_metrics(
+                    targets, scores, task="multilabel", class_names=self.class_names
+                )
+                keep = ("subset_accuracy", "auc", "f1_macro")
+                return {k: v for k, v in m.items() if k in keep}
             if self.task == "classification":
                 logits = np.stack(outs).astype(np.float64)
                 e = np.exp(logits - logits.max(axis=1, keepdims=True))
