@@ -63,6 +63,7 @@ class Progress:
     loss: float
     metric_name: str
     metric: float | None  # last validation value
+    validated: bool = False  # sent after a validation (not after a training step)
 
 
 ProgressFn = Callable[[Progress], None]
@@ -377,7 +378,9 @@ def train(
             last_metric = row[metric_name]
             if progress:
                 progress(
-                    Progress(epoch, tr.epochs, steps, steps, row["loss"], metric_name, last_metric)
+                    Progress(
+                        epoch, tr.epochs, steps, steps, row["loss"], metric_name, last_metric, True
+                    )
                 )
         if out_of_time:
             row["stopped"] = stopped = "time_budget"
