@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "users",
     "submit",
     "lab",
+    "demo",
 )
 
 for _name in _COMMAND_MODULES:
