@@ -1,0 +1,149 @@
+"""`medarena demo` end to end: tiny data, three tracks, a real catalogue, real workers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from medarena.accounts.errors import PermissionDenied
+from medarena.accounts.passwords import verify_password
+from medarena.challenges.data import plan_download
+from medarena.challenges.leaderboard import build_leaderboard
+from medarena.challenges.service import get_challenge, load_spec
+from medarena.cli.main import app
+from medarena.config import get_settings
+from medarena.datasets.catalogue import open_catalogue
+from medarena.db import models, platform_models
+from medarena.demo.runner import CHALLENGE_SLUG, ORGANIZER, TEAMS, cache_dir, parse_tracks
+from medarena.errors import InputError
+
+TRACKS = "brain_age,dose,petct"
+SLUGS = ("brain-age", "dose", "petct")
+TABLES = (
+    models.Dataset,
+    models.Case,
+    models.CaseObject,
+    models.Split,
+    models.SplitAssignment,
+    platform_models.User,
+    platform_models.Challenge,
+    platform_models.Team,
+    platform_models.Submission,
+    platform_models.Job,
+)
+
+
+def _counts(data_dir: Path) -> dict[str, int]:
+    cat = open_catalogue(get_settings(data_dir=data_dir), migrate=False)
+    try:
+        with cat.sessions() as s:
+            return {
+                t.__tablename__: int(s.scalar(select(func.count()).select_from(t)) or 0)
+                for t in TABLES
+            }
+    finally:
+        cat.close()
+
+
+def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
+    data_dir = Path(get_settings().data_dir)
+    runner = CliRunner()
+    args = ["demo", "--size", "tiny", "--no-serve", "--tracks", TRACKS, "--seed", "3"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    out = " ".join(first.output.split())
+    passwords = dict(re.findall(r"(\S+@demo\.medarena\.example) password (\S+)", out))
+    assert set(passwords) == {ORGANIZER[0], *(e for _t, e, _d in TEAMS)}
+    assert "12 submission(s) added" in out  # 3 tracks x 2 teams x 2 phases
+    assert "lung_nodules" in out  # the skipped track is named
+    assert "MNI152" in out  # the real part of brain age is said
+
+    # data cached by seed and version
+    for track in TRACKS.split(","):
+        assert (cache_dir(data_dir, track, 3, "tiny") / ".complete").is_file()
+
+    cat = open_catalogue(get_settings(), migrate=False)
+    try:
+        with cat.sessions() as s:
+            for email, pw in passwords.items():
+                user = s.scalars(
+                    select(platform_models.User).where(platform_models.User.email == email)
+                ).one()
+                assert user.password_hash.startswith("$argon2")
+                assert verify_password(user.password_hash, pw)
+            ch = get_challenge(s, CHALLENGE_SLUG)
+            spec = load_spec(ch)
+            assert [t.slug for t in spec.tracks] == list(SLUGS)
+            assert "synthetic" in spec.rules and "MNI152" in spec.rules
+            subs = s.scalars(select(platform_models.Submission)).all()
+            assert {x.status for x in subs} == {"scored"}, [(x.track_slug, x.error) for x in subs]
+            for phase in ("preliminary", "final"):
+                for slug in SLUGS:
+                    board = build_leaderboard(s, cat.store, spec, ch.id, phase, slug)
+                    assert sorted(r.team for r in board.rows) == sorted(t for t, _e, _d in TEAMS)
+                    assert sorted(r.rank for r in board.rows)[0] == 1
+                    assert all(r.primary is not None for r in board.rows)
+            # the hidden test subset is the generator's test cases, and hidden
+            split = s.scalars(
+                select(models.Split)
+                .join(models.Dataset)
+                .where(models.Dataset.name == "demo-dose", models.Split.name == "demo")
+            ).one()
+            assert split.hidden_subsets == ["test"]
+            hidden = s.scalars(
+                select(models.Case.case_key)
+                .join(models.SplitAssignment, models.SplitAssignment.case_id == models.Case.id)
+                .where(
+                    models.SplitAssignment.split_id == split.id,
+                    models.SplitAssignment.subset == "test",
+                    models.SplitAssignment.hidden.is_(True),
+                )
+            ).all()
+            assert len(hidden) == 4
+            # hidden labels are not downloadable by a participant; the organizer may
+            alpha = s.scalars(
+                select(platform_models.User).where(platform_models.User.email == TEAMS[0][1])
+            ).one()
+            organizer = s.scalars(
+                select(platform_models.User).where(platform_models.User.email == ORGANIZER[0])
+            ).one()
+            for slug in SLUGS:
+                with pytest.raises(PermissionDenied):
+                    plan_download(s, ch, alpha, "reference", slug, "final")
+                inputs = plan_download(s, ch, alpha, "inputs", slug, "final")
+                assert inputs.entries
+                assert not any(e.name.startswith(("labels", "findings")) for e in inputs.entries)
+                assert all(e.name != "labels.csv" for e in inputs.entries)
+                training = plan_download(s, ch, alpha, "training", slug)
+                assert not any(k in e.name for e in training.entries for k in hidden)
+            ref = plan_download(s, ch, organizer, "reference", "dose", "final")
+            assert {e.name for e in ref.entries} == {f"labels/{k}.nii.gz" for k in hidden}
+            s.rollback()  # the organizer's hidden read is audited; not kept by this test
+    finally:
+        cat.close()
+
+    before = _counts(data_dir)
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    out2 = " ".join(second.output.split())
+    assert "0 track(s) generated, 0 ingested, 0 submission(s) added, 0 scoring job(s) run" in out2
+    assert "password" in out2 and not re.search(r"password \S{16}", out2)
+    assert _counts(data_dir) == before
+
+
+def test_demo_refuses_unknown_and_skipped_tracks() -> None:
+    with pytest.raises(InputError, match="unknown track"):
+        parse_tracks("brain_age,spleen")
+    with pytest.raises(InputError, match="detection"):
+        parse_tracks("lung_nodules")
+    res = CliRunner().invoke(app, ["demo", "--size", "tiny", "--no-serve", "--tracks", "nope"])
+    assert res.exit_code == 2
+    assert "unknown track" in res.output
+    res = CliRunner().invoke(app, ["demo", "--size", "huge", "--no-serve", "--tracks", "dose"])
+    assert res.exit_code == 2
+    assert "--size" in res.output
+    assert not (Path(get_settings().data_dir) / "demo-cache").exists()
