@@ -5,7 +5,8 @@ objects), then streamed as a zip (:func:`stream_zip`) without holding the archiv
 memory. What each kind of download may contain is fixed here and nowhere else:
 
 - ``training``: images and labels of a track's train subset, plus ``labels.csv`` with the
-  case-level labels (classification, regression). A hidden subset is refused.
+  case-level labels (classification, regression) and ``findings/<case>.json`` with the
+  nodules and excluded findings (detection). A hidden subset is refused.
 - ``inputs``: images only of a phase's scored subset, so participants can predict. No
   label map, no case-level label, no case attribute (for brain-age regression the age
   *is* the label).
@@ -37,6 +38,7 @@ from medarena.challenges.service import (
 )
 from medarena.challenges.spec import ChallengeSpec, Track
 from medarena.datasets import dose as dose_ref
+from medarena.datasets import findings as findings_ref
 from medarena.db.models import Case, Dataset, Split, SplitAssignment
 from medarena.db.platform_models import Challenge, User
 from medarena.errors import InputError
@@ -113,6 +115,11 @@ def _entries(cases: list[Case], roles: tuple[str, ...], *, labels_csv: bool) -> 
                 elif o.role != dose_ref.DOSE_ROLE and "image" in roles:
                     name = dose_ref.reference_file_name(o.role)
                     out.append(ZipEntry(f"structures/{c.case_key}/{name}", o.digest))
+                continue
+            if o.role == findings_ref.FINDINGS_ROLE:
+                # detection cases: the nodules and excluded findings are the label
+                if "label" in roles:
+                    out.append(ZipEntry(f"findings/{c.case_key}.json", o.digest))
                 continue
             if o.role not in roles:
                 continue

@@ -7,7 +7,8 @@ result.json files:
   the earlier submission) or the latest scored one, as the phase says;
 - **ranking**: the track's scheme through :func:`medarena.evaluation.ranking.rank_results`,
   with the bootstrap rank interval (default 95 %, ``track.ranking.bootstrap`` resamples);
-  a board of one team has rank 1 and no interval;
+  a board of one team has rank 1 and no interval; a primary metric computed on the whole
+  subset and not per case (detection CPM) ranks by its value, without an interval;
 - **subgroup columns**: the mean of the primary metric per value of a case attribute (site,
   sex, scanner vendor, age band) for every group of at least ``min_group_size`` scored cases,
   so that no column describes one or two patients;
@@ -41,7 +42,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,12 @@ def _subgroup_means(
     }
 
 
+def _dataset_level(metric: str, results: Iterable[EvaluationResult]) -> bool:
+    """True when ``metric`` is a dataset-level value of every result and no per-case one."""
+    rs = list(results)
+    return all(metric in r.dataset_metrics and metric not in r.aggregate for r in rs)
+
+
 def build_leaderboard(
     session: Session,
     store: LocalObjectStore,
@@ -238,7 +245,20 @@ def build_leaderboard(
         assert sub.result_digest is not None  # a scored submission has its result
         results[str(team_id)] = load_result(store, sub.result_digest)
     per_team: dict[str, dict[str, Any]] = {}
-    if len(results) >= 2:
+    if _dataset_level(primary, results.values()):
+        # one value per submission (detection CPM): ranked by it, no per-case resampling
+        values = {k: r.dataset_metrics[primary] for k, r in results.items()}
+        order = list(values)
+        ranks = stats.rankdata([-values[k] if higher else values[k] for k in order], "min")
+        for k, rank in zip(order, ranks, strict=True):
+            res = results[k]
+            per_team[k] = {
+                "rank": int(rank),
+                "interval": None,
+                "score": values[k],
+                "n_missing": len(res.missing) + len(res.failed),
+            }
+    elif len(results) >= 2:
         ranking = rank_results(results, cfg)
         board.confidence = ranking.confidence
         board.bootstrap = ranking.bootstrap
@@ -282,8 +302,12 @@ def build_leaderboard(
                 submission_id=sub.id,
                 submitted_at=sub.created_at,
                 score=info["score"],
-                primary=agg_primary.mean if agg_primary else None,
-                metrics={m: res.aggregate[m].mean for m in board.metrics if m in res.aggregate},
+                primary=agg_primary.mean if agg_primary else res.dataset_metrics.get(primary),
+                metrics={
+                    m: res.aggregate[m].mean if m in res.aggregate else res.dataset_metrics[m]
+                    for m in board.metrics
+                    if m in res.aggregate or m in res.dataset_metrics
+                },
                 n_missing=info["n_missing"],
                 subgroups=subgroups,
             )

@@ -8,7 +8,8 @@ The handler :func:`score_submission` (job kind ``score_submission``, registered 
    after a crash must not score twice);
 2. marks the submission ``running`` (fenced: only while this attempt holds the job);
 3. materialises the reference in a private temporary folder: the label map of every case
-   (image tasks) or a CSV of the case-level labels (table tasks), and the predictions from
+   (image tasks) or a CSV of the case-level labels (table tasks; for detection, every
+   nodule and excluded finding of the case's ``findings`` object), and the predictions from
    the stored archive, extracted again with every safety check;
 4. runs :func:`medarena.evaluation.runner.evaluate`, reporting progress per case; when
    ``settings.dask_address`` (MEDARENA_DASK_ADDRESS) is set, the cases of an image task
@@ -47,6 +48,7 @@ from medarena.challenges.submissions import INTERNAL_FAILURE as INTERNAL_PROBLEM
 from medarena.challenges.submissions import SCORE_JOB_KIND
 from medarena.config import get_settings
 from medarena.datasets import dose as dose_ref
+from medarena.datasets import findings as findings_ref
 from medarena.db.platform_models import Challenge, Submission
 from medarena.errors import ConfigError, InputError, UserInputError
 from medarena.evaluation import tasks as tasks_mod
@@ -73,13 +75,17 @@ def _sanitise(text: str, ref_dir: Path, pred_dir: Path) -> str | None:
 
 def materialise_reference(store: LocalObjectStore, cases: list[Any], task: str, dest: Path) -> Path:
     """Write the reference of ``cases`` under ``dest``: a folder of label maps (of case
-    folders for dose, see :mod:`medarena.datasets.dose`) or a CSV.
+    folders for dose, see :mod:`medarena.datasets.dose`) or a CSV (for detection, the
+    findings of :mod:`medarena.datasets.findings`, excluded ones flagged).
 
     Returns the path to give :func:`evaluate` as its reference. A case without a label
     object (image tasks) is an organizer's data problem and raises RuntimeError (retried,
     then an internal failure), never a message to the team.
     """
     dest.mkdir(parents=True, exist_ok=True)
+    if task == "detection":
+        # one row per nodule and per excluded finding (datasets.findings objects)
+        return findings_ref.write_reference_csv(store, cases, dest / "reference.csv")
     if task in tasks_mod.TABLE_TASKS:
         columns = sorted({k for c in cases for k in c.labels})
         path = dest / "reference.csv"
@@ -189,6 +195,15 @@ def evaluate_cases(
     return _result(task, cfg, ordered, missing, failed, {}, notes)
 
 
+def submission_scores(result: EvaluationResult) -> dict[str, float]:
+    """A submission's metric values: the mean of every per-case metric, and the
+    dataset-level metrics that have no per-case value (detection CPM, classification AUC)."""
+    scores = {k: a.mean for k, a in result.aggregate.items()}
+    for k, v in result.dataset_metrics.items():
+        scores.setdefault(k, v)
+    return scores
+
+
 def score_submission(ctx: JobContext) -> dict[str, Any]:
     """Job handler: score the submission named in the payload (see the module docstring)."""
     sub_id = int(ctx.payload["submission_id"])
@@ -241,7 +256,7 @@ def score_submission(ctx: JobContext) -> dict[str, Any]:
             raise UserInputError(msg) from None
         result = _team_safe(result, ref_dir, pred_dir)
         digest = store.put_bytes(result.model_dump_json(indent=2).encode())
-        primary = result.aggregate.get(track.primary_metric)
+        scores = submission_scores(result)
         _set(
             ctx,
             sub_id,
@@ -251,8 +266,8 @@ def score_submission(ctx: JobContext) -> dict[str, Any]:
             progress=1.0,
             error=None,
             result_digest=digest,
-            primary_score=primary.mean if primary is not None else None,
-            scores={k: a.mean for k, a in result.aggregate.items()},
+            primary_score=scores.get(track.primary_metric),
+            scores=scores,
             score_revision=revision,
             scored_at=dt.datetime.now(dt.UTC),
         )

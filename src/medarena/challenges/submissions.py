@@ -10,7 +10,8 @@
 3. the archive is extracted safely (:mod:`medarena.challenges.archives`) and checked
    against the scored subset: case ids (unknown, duplicate, missing), file types, the shape
    of each prediction against its input image, label values for segmentation tasks and
-   finite, non-negative doses for dose tasks;
+   finite, non-negative doses for dose tasks; for detection, the candidate columns
+   (x, y, z, probability) and finite values on every row;
    any problem refuses the upload at once with the whole list;
 4. the archive enters the object store, and in **one locked transaction** the phase is
    checked open again, the team's submissions are counted, the Submission row is inserted
@@ -399,7 +400,38 @@ def validate_table_predictions(
                     bad.append((row.get("case_id") or "").strip())
             if bad:
                 problems.append(f"{f.member}: {col!r} is not a finite number for: {_ids(bad)}")
+    if task == "detection":
+        problems.extend(_candidate_problems(f.member, cols, rows))
     return problems
+
+
+_CANDIDATE_COLUMNS = ("x", "y", "z", "probability")
+
+
+def _candidate_problems(member: str, cols: Sequence[str], rows: list[dict[str, Any]]) -> list[str]:
+    """Problems of a detection candidates CSV: the columns, finite numbers on every row.
+
+    A row with empty x, y, z declares a scan without candidates (the engine's convention).
+    """
+    absent = [c for c in _CANDIDATE_COLUMNS if c not in cols]
+    if absent:
+        return [f"{member}: needs the columns {', '.join(absent)} (found {list(cols)})"]
+    bad: list[str] = []
+    for line, row in enumerate(rows, start=2):
+        cells = {k: (row.get(k) or "").strip() for k in _CANDIDATE_COLUMNS}
+        if not any(cells[k] for k in ("x", "y", "z")):
+            continue
+        for k, text in cells.items():
+            try:
+                ok = math.isfinite(float(text))
+            except ValueError:
+                ok = False
+            if not ok:
+                bad.append(f"line {line} {k}={text!r}")
+    if not bad:
+        return []
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return [f"{member}: values that are not finite numbers: {'; '.join(bad[:10])}{more}"]
 
 
 def validate_predictions(

@@ -250,4 +250,32 @@ def register(app: typer.Typer) -> None:
             f"({summary.objects} objects; structures: {', '.join(sorted(summary.rois)) or 'none'})"
         )
 
+    @ds_app.command("attach-findings")
+    @handle_errors
+    def attach_findings_cmd(
+        name: str = typer.Argument(..., help="Dataset name."),
+        annotations: Path = typer.Argument(
+            ..., help="annotations.csv: case_id,x,y,z,diameter_mm (world mm).", dir_okay=False
+        ),
+        excluded: Path | None = typer.Option(
+            None,
+            "--excluded",
+            help="annotations_excluded.csv (findings neither hit nor FP).",
+            dir_okay=False,
+        ),
+    ) -> None:
+        """Store the findings of a detection track: nodules and excluded findings per case."""
+        from medarena.datasets.findings import attach_findings
+
+        with settings_or_exit() as settings:
+            cat = open_catalogue(settings)
+            try:
+                summary = attach_findings(cat, name, annotations, excluded)
+            finally:
+                cat.close()
+        console.print(
+            f"findings of {summary.cases} case(s) of '{name}' stored "
+            f"({summary.nodules} nodules, {summary.excluded} excluded findings)"
+        )
+
     app.add_typer(ds_app, name="datasets")

@@ -55,6 +55,9 @@ for _n in ("hd", "hd95", "assd", "masd", "lesion_hd95", "legacy_hd95"):
     register_metric(_n, higher_is_better=False, worst=BRATS_DISTANCE_PENALTY_MM)
 for _n in ("correct", "accuracy", "hamming_accuracy", "cpm", "auc", "f1", "kappa", "qwk"):
     register_metric(_n, higher_is_better=True, worst=0.0)
+# LUNA16 sensitivities at the FROC operating points (detection.LUNA16_OPERATING_POINTS)
+for _n in ("0.125", "0.25", "0.5", "1", "2", "4", "8"):
+    register_metric(f"sens@{_n}", higher_is_better=True, worst=0.0)
 register_metric("ssim", higher_is_better=True, worst=-1.0)
 register_metric("psnr", higher_is_better=True, worst=None)
 for _n in ("nmse", "mae", "rmse", "abs_error", "squared_error", "fpv", "fnv"):

@@ -791,13 +791,28 @@ def evaluate_detection(ref_path: Path, pred_path: Path, config: DetectionConfig)
     """LUNA16 detection: per-scan counts and the dataset CPM with its bootstrap interval.
 
     Reference rows: case_id, x, y, z, diameter_mm (a row with empty x, y, z declares a scan
-    without nodules). Prediction rows: case_id, x, y, z, probability. A scan without any
-    prediction row is listed as missing (it has no candidates, the worst outcome); a scan
-    with a malformed row fails and is scored without candidates.
+    without nodules), and an optional ``excluded`` column: 1 marks an excluded finding
+    (LUNA16's annotations_excluded: candidates on it are ignored), 0 or empty a nodule.
+    Prediction rows: case_id, x, y, z, probability. A scan without any prediction row is
+    listed as missing (it has no candidates, the worst outcome); a scan with a malformed row
+    fails and is scored without candidates.
     """
     from medarena.evaluation.detection import luna16_cpm, scan_counts
 
-    ref_cols, ref_rows = read_csv_table(ref_path)
+    ref_cols, all_ref_rows = read_csv_table(ref_path)
+    ref_rows: dict[str, list[dict[str, str]]] = {}
+    excl_rows: dict[str, list[dict[str, str]]] = {}
+    for cid, rows in all_ref_rows.items():
+        ref_rows[cid] = []
+        for row in rows:
+            flag = row.get("excluded", "")
+            if flag not in ("", "0", "1"):
+                raise InputError(
+                    f"case {cid}: column 'excluded' must be 0, 1 or empty",
+                    path=ref_path,
+                    value=flag,
+                )
+            (excl_rows.setdefault(cid, []) if flag == "1" else ref_rows[cid]).append(row)
     pred_cols, pred_rows = read_csv_table(pred_path)
     for path, cols, need in (
         (ref_path, ref_cols, ("x", "y", "z", "diameter_mm")),
@@ -818,11 +833,18 @@ def evaluate_detection(ref_path: Path, pred_path: Path, config: DetectionConfig)
         lambda cid, rows: _points(rows, "probability", path=pred_path, case_id=cid),
         out,
     )
+    excluded = [
+        rec
+        for cid, rows in excl_rows.items()
+        for rec in _points(rows, "diameter_mm", path=ref_path, case_id=cid)
+    ]
     ids = sorted(ref_rows)
     cands = [rec for cid in ids for rec in cands_by_case.get(cid, [])]
-    froc = luna16_cpm(cands, refs, scan_ids=ids, bootstrap=config.bootstrap, seed=config.seed)
+    froc = luna16_cpm(
+        cands, refs, scan_ids=ids, excluded=excluded, bootstrap=config.bootstrap, seed=config.seed
+    )
     out.dataset_metrics = froc.metrics()
-    counts = scan_counts(cands, refs, scan_ids=ids, threshold=config.threshold)
+    counts = scan_counts(cands, refs, scan_ids=ids, excluded=excluded, threshold=config.threshold)
     for cid in ids:
         c = counts[cid]
         out.cases[cid] = {
