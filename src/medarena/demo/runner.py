@@ -495,8 +495,7 @@ def baseline_files(gen: GeneratedTrack, team: int, cases: Sequence[str]) -> dict
         if task == "brats":
             arr, aff = _glioma(gen, team, cid)
         elif task == "autopet":
-            pet, aff = _image(gen, cid, 1)
-            arr = (pet > (4.0 if team == 0 else 2.5)).astype(np.uint8)
+            arr, aff = _petct(gen, team, cid)
         elif task == "image-to-image":
             low, aff = _image(gen, cid, 0)
             arr = (low if team == 0 else ndimage.gaussian_filter(low, (0.8, 0.8, 0))).astype(
@@ -573,6 +572,18 @@ def _glioma(gen: GeneratedTrack, team: int, cid: str) -> tuple[NDArray[Any], Any
         out[enhancing] = 3
         out[core] = 1
     return out, aff
+
+
+def _petct(gen: GeneratedTrack, team: int, cid: str) -> tuple[NDArray[Any], Any]:
+    """SUV above a fixed threshold (team 0: 4, team 1: 3), keeping only blobs of at most 40 ml
+    (the brain, heart, kidneys and bladder are larger: physiological uptake)."""
+    pet, aff = _image(gen, cid, 1)
+    hot = pet > (4.0 if team == 0 else 3.0)
+    blobs, n = ndimage.label(hot)
+    voxel_ml = abs(float(np.linalg.det(np.asarray(aff)[:3, :3]))) / 1000.0
+    sizes = np.asarray(ndimage.sum(hot, blobs, np.arange(1, n + 1))) * voxel_ml
+    keep = np.flatnonzero(sizes <= 40.0) + 1
+    return np.isin(blobs, keep).astype(np.uint8), aff
 
 
 def _dose(gen: GeneratedTrack, team: int, cid: str) -> tuple[NDArray[Any], Any]:
