@@ -134,6 +134,13 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
     assert "password" in out2 and not re.search(r"password \S{16}", out2)
     assert _counts(data_dir) == before
 
+    # another seed or size in the same data dir is refused before anything is generated
+    other = runner.invoke(app, [*args[:-1], "4"])
+    assert other.exit_code == 2
+    assert "holds the demo data of" in " ".join(other.output.split())
+    assert not cache_dir(data_dir, "dose", 4, "tiny").exists()
+    assert _counts(data_dir) == before
+
 
 def test_demo_refuses_unknown_and_skipped_tracks() -> None:
     with pytest.raises(InputError, match="unknown track"):

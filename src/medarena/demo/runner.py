@@ -222,23 +222,38 @@ def validation_ids(gen: GeneratedTrack) -> list[str]:
     return [c for i, c in enumerate(sorted(gen.train_ids)) if i % 4 == 3]
 
 
-def _split_exists(cat: Catalogue, name: str) -> bool:
+def _existing_split(cat: Catalogue, name: str) -> dict[str, Any] | None:
+    """The stored spec of the dataset's demo split, None when there is none."""
     with cat.sessions() as s:
-        return (
-            s.scalar(
-                select(func.count())
-                .select_from(Split)
-                .join(Dataset, Dataset.id == Split.dataset_id)
-                .where(Dataset.name == name, Split.name == SPLIT)
+        spec = s.scalar(
+            select(Split.spec)
+            .join(Dataset, Dataset.id == Split.dataset_id)
+            .where(Dataset.name == name, Split.name == SPLIT)
+        )
+    return dict(spec) if spec is not None else None
+
+
+def check_existing(cat: Catalogue, names: Sequence[str], seed: int, size: str) -> None:
+    """Refuse to mix demos: a data dir holds the datasets of one seed, size and version."""
+    wanted = {"seed": seed, "size": size, "version": VERSION}
+    for track in names:
+        existing = _existing_split(cat, dataset_name(track))
+        if existing is None:
+            continue
+        made = {k: existing.get(k) for k in wanted}
+        if made != wanted:
+            raise InputError(
+                f"dataset {dataset_name(track)!r} in this data dir holds the demo data of "
+                f"{made}, not {wanted}; a data dir holds one demo: use another "
+                "MEDARENA_DATA_DIR, or the same --seed and --size",
+                value=wanted,
             )
-            or 0
-        ) > 0
 
 
 def ingest_track(cat: Catalogue, gen: GeneratedTrack, progress: ProgressFn) -> bool:
     """Ingest, attach references and split one track; False when its split already exists."""
     name = dataset_name(gen.track)
-    if _split_exists(cat, name):
+    if _existing_split(cat, name) is not None:
         return False
     summary = ingest(cat, gen.ingest_dir, name, progress=progress)
     if summary.issues:
@@ -311,6 +326,9 @@ def _make_split(cat: Catalogue, name: str, gen: GeneratedTrack) -> None:
                 "subsets": ["train", "validation", "test"],
                 "source": "MSD subset hint (imagesTs = test); every 4th training case = validation",
                 "hidden": ["test"],
+                "seed": gen.seed,
+                "size": gen.size,
+                "version": VERSION,
             },
             hidden_subsets=["test"],
         )
@@ -716,6 +734,7 @@ def run_demo(
     names = list(tracks or TRACKS)
     prog = progress or (lambda _s, _d, _t: None)
     say = notify or (lambda _m: None)
+    check_existing(cat, names, seed, size)
     report = DemoReport(tracks=names)
     gens = []
     for i, name in enumerate(names):
