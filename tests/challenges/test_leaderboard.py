@@ -38,8 +38,8 @@ def _cases(values: list[float]) -> dict[str, dict[str, float]]:
 
 
 @pytest.fixture
-def plat(db_url: str, tmp_path: Path) -> Platform:
-    return make_platform(db_url, tmp_path, spec_dict(), ["ada", "bob", "cyd", "dan"])
+def plat(platform_db_url: str, tmp_path: Path) -> Platform:
+    return make_platform(platform_db_url, tmp_path, spec_dict(), ["ada", "bob", "cyd", "dan"])
 
 
 def _board(p: Platform, **kw: object) -> Leaderboard:
@@ -64,8 +64,10 @@ def test_ranks_intervals_and_ties(plat: Platform) -> None:
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("best", 0.75), ("latest", 0.6)])
-def test_best_or_latest_per_team(db_url: str, tmp_path: Path, mode: str, expected: float) -> None:
-    p = make_platform(db_url, tmp_path, spec_dict(best_or_latest=mode), ["ada", "bob"])
+def test_best_or_latest_per_team(
+    platform_db_url: str, tmp_path: Path, mode: str, expected: float
+) -> None:
+    p = make_platform(platform_db_url, tmp_path, spec_dict(best_or_latest=mode), ["ada", "bob"])
     add_scored(p, "ada", _cases(A), at=T0)
     add_scored(p, "ada", _cases([0.6] * 4), at=T0 + dt.timedelta(hours=1))
     add_scored(p, "bob", _cases(B), at=T0)

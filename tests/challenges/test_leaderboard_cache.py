@@ -38,8 +38,8 @@ class Counting:
 
 
 @pytest.fixture
-def plat(db_url: str, tmp_path: Path) -> Platform:
-    p = make_platform(db_url, tmp_path, spec_dict(), ["ada", "bob", "cyd"])
+def plat(platform_db_url: str, tmp_path: Path) -> Platform:
+    p = make_platform(platform_db_url, tmp_path, spec_dict(), ["ada", "bob", "cyd"])
     add_scored(p, "ada", _cases(A))
     add_scored(p, "bob", _cases(B))
     return p

@@ -84,8 +84,8 @@ def _nothing_stored(p: Platform) -> None:
     assert list(p.store.iter_digests()) == []
 
 
-def test_good_archive_is_stored_and_queued(db_url: str, tmp_path: Path) -> None:
-    p = _platform(tmp_path, db_url)
+def test_good_archive_is_stored_and_queued(platform_db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, platform_db_url)
     sub = _submit(p, GOOD)
     assert sub.status == "queued" and sub.archive_size == len(GOOD)
     assert p.store.get_bytes(sub.archive_digest) == GOOD
@@ -109,9 +109,9 @@ def test_good_archive_is_stored_and_queued(db_url: str, tmp_path: Path) -> None:
     ],
 )
 def test_wrong_case_ids_and_values_refused(
-    db_url: str, tmp_path: Path, rows: list[tuple[str, str]], expected: str
+    platform_db_url: str, tmp_path: Path, rows: list[tuple[str, str]], expected: str
 ) -> None:
-    p = _platform(tmp_path, db_url)
+    p = _platform(tmp_path, platform_db_url)
     with pytest.raises(SubmissionRefused) as info:
         _submit(p, _zip({"age.csv": _csv(rows)}))
     assert any(expected in prob for prob in info.value.problems), info.value.problems
@@ -119,8 +119,8 @@ def test_wrong_case_ids_and_values_refused(
     _nothing_stored(p)
 
 
-def test_unsafe_or_empty_archive_refused(db_url: str, tmp_path: Path) -> None:
-    p = _platform(tmp_path, db_url)
+def test_unsafe_or_empty_archive_refused(platform_db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, platform_db_url)
     with pytest.raises(ArchiveError, match="climbs out"):
         _submit(p, _zip({"../age.csv": _csv([(c, "1") for c in VAL])}))
     with pytest.raises(ArchiveError, match="empty archive"):
@@ -132,15 +132,15 @@ def test_unsafe_or_empty_archive_refused(db_url: str, tmp_path: Path) -> None:
     _nothing_stored(p)
 
 
-def test_upload_larger_than_phase_limit(db_url: str, tmp_path: Path) -> None:
-    p = _platform(tmp_path, db_url, max_upload_mb=0.0001)  # 104 bytes
+def test_upload_larger_than_phase_limit(platform_db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, platform_db_url, max_upload_mb=0.0001)  # 104 bytes
     with pytest.raises(InputError, match="larger than this phase's limit"):
         _submit(p, GOOD + bytes(200))
     _nothing_stored(p)
 
 
-def test_phase_not_open_and_requires_earlier_phase(db_url: str, tmp_path: Path) -> None:
-    p = _platform(tmp_path, db_url)
+def test_phase_not_open_and_requires_earlier_phase(platform_db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, platform_db_url)
     late = dt.datetime.now(dt.UTC) + dt.timedelta(days=1, hours=1)
     with pytest.raises(InputError, match="closed at"):
         _submit(p, GOOD, now=late)
@@ -159,8 +159,8 @@ def test_phase_not_open_and_requires_earlier_phase(db_url: str, tmp_path: Path) 
     assert sub.phase_slug == "final"
 
 
-def test_membership_and_rules_required(db_url: str, tmp_path: Path) -> None:
-    p = _platform(tmp_path, db_url)
+def test_membership_and_rules_required(platform_db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, platform_db_url)
     with p.sessions() as s, s.begin():
         stranger = User(email="x@example.org", display_name="x", password_hash="x")
         s.add(stranger)
@@ -170,10 +170,12 @@ def test_membership_and_rules_required(db_url: str, tmp_path: Path) -> None:
         _submit(p, GOOD, user_id=uid)
 
 
-def test_daily_and_total_limits(db_url: str, tmp_path: Path) -> None:
+def test_daily_and_total_limits(platform_db_url: str, tmp_path: Path) -> None:
     t0 = dt.datetime.now(dt.UTC)
     closes = (t0 + dt.timedelta(days=1, hours=1)).isoformat()
-    p = _platform(tmp_path, db_url, submissions_per_day=2, submissions_total=3, closes=closes)
+    p = _platform(
+        tmp_path, platform_db_url, submissions_per_day=2, submissions_total=3, closes=closes
+    )
     _submit(p, GOOD, now=t0)
     _submit(p, GOOD, now=t0 + dt.timedelta(minutes=1))
     with pytest.raises(LimitReached, match="last 24 hours"):
@@ -195,13 +197,13 @@ def test_daily_and_total_limits(db_url: str, tmp_path: Path) -> None:
         assert (u.total, u.remaining) == (3, 0)
 
 
-def test_two_uploads_race_for_the_last_slot(db_url: str, tmp_path: Path) -> None:
+def test_two_uploads_race_for_the_last_slot(platform_db_url: str, tmp_path: Path) -> None:
     """Both pass the early checks; under the team lock exactly one takes the slot.
 
     Two teams race at once (four threads), so each run is two races, and one team's lock
     does not take the other team's slot.
     """
-    p = _platform(tmp_path, db_url, submissions_total=1)
+    p = _platform(tmp_path, platform_db_url, submissions_total=1)
     racers: list[tuple[str, Any]] = []
     with p.sessions() as s:
         for team in ("ada", "bob"):
@@ -235,8 +237,8 @@ def test_two_uploads_race_for_the_last_slot(db_url: str, tmp_path: Path) -> None
     assert _count(p, Submission) == 2 and _count(p, Job) == 2
 
 
-def test_rescore_phase_queues_once_per_spec_revision(db_url: str, tmp_path: Path) -> None:
-    p = _platform(tmp_path, db_url)
+def test_rescore_phase_queues_once_per_spec_revision(platform_db_url: str, tmp_path: Path) -> None:
+    p = _platform(tmp_path, platform_db_url)
     for team in ("ada", "bob"):
         add_scored(
             p, team, {"c3": {"abs_error": 1.0}}, track="age", primary="abs_error", task="regression"
