@@ -154,3 +154,27 @@ def test_demo_refuses_unknown_and_skipped_tracks() -> None:
     assert res.exit_code == 2
     assert "--size" in res.output
     assert not (Path(get_settings().data_dir) / "demo-cache").exists()
+
+
+def test_demo_adds_a_track_to_an_existing_demo() -> None:
+    runner = CliRunner()
+    base = ["demo", "--size", "tiny", "--no-serve", "--seed", "5"]
+    assert runner.invoke(app, [*base, "--tracks", "dose"]).exit_code == 0
+    res = runner.invoke(app, [*base, "--tracks", "brain_age"])
+    assert res.exit_code == 0, res.output
+    assert "challenge updated" in " ".join(res.output.split())
+    cat = open_catalogue(get_settings(), migrate=False)
+    try:
+        with cat.sessions() as s:
+            ch = get_challenge(s, CHALLENGE_SLUG)
+            spec = load_spec(ch)
+            # the earlier track stays first; the rules describe both tracks
+            assert [t.slug for t in spec.tracks] == ["dose", "brain-age"]
+            assert "Radiotherapy dose" in spec.rules and "Brain-age" in spec.rules
+            subs = s.scalars(select(platform_models.Submission)).all()
+            assert len(subs) == 8 and {x.status for x in subs} == {"scored"}
+            for slug in ("dose", "brain-age"):
+                board = build_leaderboard(s, cat.store, spec, ch.id, "preliminary", slug)
+                assert len(board.rows) == 2
+    finally:
+        cat.close()

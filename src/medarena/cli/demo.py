@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
                 for line in report.failed:
                     console.print(f"[red]failed submission:[/] {line}", highlight=False)
                 console.print("\n[bold]What is real and what is synthetic[/]")
-                for name in names:
+                for name in report.tracks:
                     real = "; ".join(report.real_parts.get(name, ())) or "nothing (all synthetic)"
                     console.print(f"  {TRACKS[name].title}: real: {real}", highlight=False)
                 host, bind_port = "127.0.0.1", port or settings.port
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
                     console.print(f"  {role}: {email}  {shown}", highlight=False)
                 console.print("\n[bold]Where to look[/]")
                 console.print(f"  challenge: {base}/challenges/{CHALLENGE_SLUG}", highlight=False)
-                for name in names:
+                for name in report.tracks:
                     slug = TRACKS[name].slug
                     console.print(
                         f"  {slug}: {base}/api/v1/challenges/{CHALLENGE_SLUG}/leaderboards/"

@@ -347,9 +347,7 @@ def _make_split(cat: Catalogue, name: str, gen: GeneratedTrack) -> None:
 # ---------------------------------------------------------------------------- challenge
 
 
-def challenge_spec(
-    gens: Sequence[GeneratedTrack], extra_tracks: Sequence[Mapping[str, Any]] = ()
-) -> ChallengeSpec:
+def challenge_spec(gens: Sequence[GeneratedTrack]) -> ChallengeSpec:
     """The demo challenge: one track per generated dataset, a preliminary and a final phase."""
     tracks: list[dict[str, Any]] = []
     data_lines = []
@@ -376,8 +374,6 @@ def challenge_spec(
         )
         real = "; ".join(gen.real_parts) or "nothing (fully synthetic)"
         data_lines.append(f"- **{plan.title}**: real: {real}. Everything else is synthetic.")
-    known = {t["slug"] for t in tracks}
-    tracks.extend(dict(t) for t in extra_tracks if t["slug"] not in known)
     spec = {
         "slug": CHALLENGE_SLUG,
         "title": "medarena demo challenge",
@@ -450,7 +446,7 @@ def ensure_challenge(
             report.challenge_created = True
         else:
             old = load_spec(existing)
-            spec = challenge_spec(gens, [t.model_dump(mode="json") for t in old.tracks])
+            spec = challenge_spec(gens)
             if spec.model_dump(mode="json") != old.model_dump(mode="json"):
                 update_challenge(s, CHALLENGE_SLUG, spec, actor_id=organizer)
                 report.challenge_updated = True
@@ -717,6 +713,15 @@ def failed_submissions(cat: Catalogue) -> list[str]:
 # ---------------------------------------------------------------------------- the whole
 
 
+def _challenge_tracks(cat: Catalogue) -> list[str]:
+    """Track names of the demo challenge already stored (empty when there is none)."""
+    by_slug = {p.slug: p.name for p in TRACKS.values()}
+    with cat.sessions() as s:
+        ch = s.scalars(select(Challenge).where(Challenge.slug == CHALLENGE_SLUG)).one_or_none()
+        slugs = [t.slug for t in load_spec(ch).tracks] if ch is not None else []
+    return [by_slug[x] for x in slugs if x in by_slug]
+
+
 def run_demo(
     cat: Catalogue,
     *,
@@ -731,7 +736,10 @@ def run_demo(
         raise InputError(f"--size must be one of {', '.join(SIZES)}", value=size, path="--size")
     if seed < 0:
         raise InputError("--seed must be a non-negative whole number", value=seed, path="--seed")
-    names = list(tracks or TRACKS)
+    # tracks of an existing demo challenge stay in it (in their order), so that its spec
+    # and rules keep describing every track
+    names = _challenge_tracks(cat)
+    names += [n for n in (tracks or TRACKS) if n not in names]
     prog = progress or (lambda _s, _d, _t: None)
     say = notify or (lambda _m: None)
     check_existing(cat, names, seed, size)
