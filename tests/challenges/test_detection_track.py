@@ -31,7 +31,7 @@ from medarena.challenges.leaderboard import build_leaderboard
 from medarena.challenges.scoring import HANDLERS
 from medarena.challenges.service import PermissionDenied
 from medarena.challenges.spec import ChallengeSpec
-from medarena.challenges.submissions import SubmissionRefused, submit
+from medarena.challenges.submissions import SubmissionRefused, submission_detail, submit
 from medarena.challenges.viewer import viewer_case
 from medarena.config import get_settings
 from medarena.datasets.catalogue import Catalogue, make_split, open_catalogue
@@ -339,6 +339,11 @@ def test_findings_of_hidden_cases_are_never_offered(world: World) -> None:
         assert sub is not None and sub.status == "scored"
         with pytest.raises(NotFoundError):
             viewer_case(s, sub, user, hidden)  # a table task: no case viewer, hidden or not
+        detail = submission_detail(s, world.cat.store, sub, user)
+        assert detail["cases"] is None and detail["subset_hidden"] is True
+        # the team's own scores, but not the hidden scans' nodule count
+        assert detail["scores"]["cpm"] == pytest.approx(1 / 3)
+        assert "n_nodules" not in detail["scores"] and "n_detected" in detail["scores"]
 
 
 def test_attach_findings_command(

@@ -18,7 +18,9 @@ Secrets are sentinels chosen to be unique in any response body:
 - segmentation predictions add k extra voxels (k odd, never one three times another) to
   the reference, so each case's Dice 2n / (2n + k) is a distinct long decimal;
 - hidden reference label files are searched by their bytes and object digests, and their
-  slices as the viewer's reference-overlay PNGs.
+  slices as the viewer's reference-overlay PNGs;
+- every case also carries detection findings (role ``findings``); a hidden case's nodule
+  has a distinctive x coordinate, searched with the findings object's digest.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from medarena.challenges import service, teams, viewer
 from medarena.challenges.scoring import HANDLERS
 from medarena.challenges.spec import parse_spec
 from medarena.datasets.catalogue import Catalogue
+from medarena.datasets.findings import FINDINGS_ROLE, attach_findings
 from medarena.db.models import Case, Split, SplitAssignment
 from medarena.db.platform_models import Submission, User
 from medarena.evaluation.results import EvaluationResult
@@ -233,6 +236,29 @@ def _grade_archive(grades: dict[str, float], keys: list[str], errors: tuple[floa
     return _zip({"grade.csv": ("\n".join(rows) + "\n").encode()})
 
 
+def _attach_findings(cat: Catalogue, case_keys: dict[str, list[str]], work: Path) -> dict[str, str]:
+    """Detection findings for every case (datasets.findings); the hidden cases' as secrets.
+
+    A hidden case's nodule sits at a distinctive x (a multiple of 1/64 with 7 digits).
+    """
+    rows = ["case_id,x,y,z,diameter_mm"]
+    secrets: dict[str, str] = {}
+    for subset, keys in case_keys.items():
+        for i, key in enumerate(keys):
+            x = 917.3125 + i if subset == "test" else 11.5 + i
+            rows.append(f"{key},{x!r},20.0,30.0,7.25")
+            if subset == "test":
+                secrets[f"hidden nodule x of {key}"] = repr(x)
+    path = work / "annotations.csv"
+    path.write_text("\n".join(rows) + "\n")
+    attach_findings(cat, DATASET, path)
+    with cat.sessions() as s:
+        for c in s.scalars(select(Case).where(Case.case_key.in_(case_keys["test"]))):
+            (o,) = (o for o in c.objects if o.role == FINDINGS_ROLE)
+            secrets[f"hidden findings digest of {c.case_key}"] = o.digest
+    return secrets
+
+
 def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
     """Create the challenge, users, teams, invitations, tokens and scored submissions."""
     work.mkdir(parents=True, exist_ok=True)
@@ -309,6 +335,8 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
         hidden.add_number(f"hidden label grade of {key}", HIDDEN_GRADES[i])
         hidden.add(f"hidden label file digest of {key}", labels[key])
         hidden.add(f"hidden label file bytes of {key}", cat.store.get_bytes(labels[key]))
+    for what, value in _attach_findings(cat, case_keys, work).items():
+        hidden.add(what, value)
     archive_digests: dict[int, str] = {}
     prediction_pngs: dict[bytes, str] = {}
     with cat.sessions() as s:

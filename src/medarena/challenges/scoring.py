@@ -195,10 +195,16 @@ def evaluate_cases(
     return _result(task, cfg, ordered, missing, failed, {}, notes)
 
 
+# per-case values that describe the reference alone (a team sees its scores even on a
+# hidden subset: the mean nodule count would tell it how many nodules the hidden scans hold)
+REFERENCE_ONLY_METRICS = frozenset({"n_nodules"})
+
+
 def submission_scores(result: EvaluationResult) -> dict[str, float]:
-    """A submission's metric values: the mean of every per-case metric, and the
-    dataset-level metrics that have no per-case value (detection CPM, classification AUC)."""
-    scores = {k: a.mean for k, a in result.aggregate.items()}
+    """A submission's metric values: the mean of every per-case metric (but the
+    reference-only counts), and the dataset-level metrics that have no per-case value
+    (detection CPM, classification AUC)."""
+    scores = {k: a.mean for k, a in result.aggregate.items() if k not in REFERENCE_ONLY_METRICS}
     for k, v in result.dataset_metrics.items():
         scores.setdefault(k, v)
     return scores

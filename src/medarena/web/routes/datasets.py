@@ -15,21 +15,26 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
 from medarena.datasets.catalogue import Catalogue, case_records, dataset_stats, list_datasets
+from medarena.datasets.dose import DOSE_ROLE
+from medarena.datasets.findings import FINDINGS_ROLE
 from medarena.db.models import Dataset, Split
 from medarena.errors import NotFoundError
 from medarena.web.deps import CatalogueDep, TemplatesDep, get_principal
+
+# Objects that hold a case's reference: label maps, a dose, detection findings.
+_REFERENCE_ROLES = frozenset({"label", "seg", DOSE_ROLE, FINDINGS_ROLE})
 
 # Resolving the principal lets the page header show who is logged in.
 router = APIRouter(dependencies=[Depends(get_principal)])
 
 
 def _public_record(r: dict[str, Any]) -> dict[str, Any]:
-    """A case record without what a hidden split must not reveal (labels, label files)."""
+    """A case record without what a hidden split must not reveal (labels, reference files)."""
     out = dict(r)
     out["hidden"] = bool(r.get("hidden_in"))
     if out["hidden"]:
         out["labels"] = {}
-        out["objects"] = [o for o in r["objects"] if o["role"] not in ("label", "seg")]
+        out["objects"] = [o for o in r["objects"] if o["role"] not in _REFERENCE_ROLES]
     out.pop("hidden_in", None)
     return out
 
