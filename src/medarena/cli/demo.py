@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
                 for email, role in who:
                     password = report.accounts.get(email)
                     shown = (
-                        f"password [bold]{password}[/] (shown once, stored hashed)"
+                        f"password [bold]{password}[/] (shown on this run only; stored hashed)"
                         if password
                         else "exists already (its password was shown on the first run only)"
                     )

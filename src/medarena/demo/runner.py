@@ -760,6 +760,9 @@ def run_demo(
             say(f"ingested dataset {dataset_name(gen.track)} (split {SPLIT!r}, test hidden)")
     challenge_spec(gens)  # a spec problem stops the run before accounts are made
     ids = ensure_accounts(cat, report)
+    for email, password in report.accounts.items():
+        if password:  # at once: a later failure must not lose the only copy
+            say(f"created account {email} password {password}")
     ensure_challenge(cat, gens, ids, report)
     for phase in ("preliminary", "final"):
         submit_baselines(cat, gens, ids, phase, report)
