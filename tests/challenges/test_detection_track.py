@@ -382,3 +382,48 @@ def test_attach_findings_command(
     out = " ".join(res.output.split())
     assert res.exit_code == 2 and "luna.csv" in out and "line 2" in out, res.output
     assert _findings(world) == after
+
+
+def test_lung_nodule_demo_files_round_trip_through_the_catalogue(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The demo generator's annotations.csv / annotations_excluded.csv, stored and written
+    back as the scoring reference: the nodule centres score CPM 1.0, excluded marks ignored."""
+    from medarena.challenges.scoring import materialise_reference
+    from medarena.demo.generators import lung_nodules
+    from medarena.evaluation.runner import evaluate
+
+    gen = lung_nodules.generate(tmp_path / "gen", n_train=2, n_test=1, seed=1, size="tiny")
+    settings = get_settings(data_dir=tmp_path / "data", database_url=db_url, secret_key="k" * 48)
+    cat = open_catalogue(settings)
+    try:
+        assert ingest(cat, gen.ingest_dir, "chest").cases_added == 3
+        summary = attach_findings(
+            cat, "chest", gen.root / "annotations.csv", gen.root / "annotations_excluded.csv"
+        )
+        with (gen.root / "annotations.csv").open() as fh:
+            nodules = [r for r in csv.DictReader(fh) if r["x"]]
+        with (gen.root / "annotations_excluded.csv").open() as fh:
+            excluded = [r for r in csv.DictReader(fh) if r["x"]]
+        assert (summary.cases, summary.nodules, summary.excluded) == (
+            3,
+            len(nodules),
+            len(excluded),
+        )
+        with cat.sessions() as s:
+            cases = list(s.scalars(select(Case).order_by(Case.case_key)))
+            for c in cases:
+                list(c.objects)  # loaded before the session closes
+        ref = materialise_reference(cat.store, cases, "detection", tmp_path / "ref")
+    finally:
+        cat.close()
+    with ref.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert sum(r["excluded"] == "0" for r in rows) == len(nodules)
+    assert sum(r["excluded"] == "1" for r in rows) == len(excluded)
+    cands = [(r["case_id"], r["x"], r["y"], r["z"], 0.9) for r in nodules]
+    cands += [(r["case_id"], r["x"], r["y"], r["z"], 0.99) for r in excluded]
+    pred = _write_csv(tmp_path / "pred.csv", cands, ("case_id", "x", "y", "z", "probability"))
+    result = evaluate("detection", ref, pred, {"bootstrap": 0})
+    assert result.dataset_metrics["cpm"] == pytest.approx(1.0)
+    assert sum(v["n_false_positives"] for v in result.cases.values()) == 0
