@@ -25,13 +25,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 from sqlalchemy import select
+from track_helpers import PHASES, add_team_member, score_all, scored_result, submit_bytes
 
 from medarena.challenges.data import plan_download, subset_cases
 from medarena.challenges.leaderboard import build_leaderboard
-from medarena.challenges.scoring import HANDLERS
 from medarena.challenges.service import PermissionDenied
 from medarena.challenges.spec import ChallengeSpec
-from medarena.challenges.submissions import SubmissionRefused, submission_detail, submit
+from medarena.challenges.submissions import SubmissionRefused, submission_detail
 from medarena.challenges.viewer import viewer_case
 from medarena.config import get_settings
 from medarena.datasets.catalogue import Catalogue, make_split, open_catalogue
@@ -39,17 +39,8 @@ from medarena.datasets.findings import FINDINGS_ROLE, attach_findings
 from medarena.datasets.ingest import ingest
 from medarena.datasets.splits import SplitSpec
 from medarena.db.models import Case
-from medarena.db.platform_models import (
-    Challenge,
-    RulesAcceptance,
-    Submission,
-    Team,
-    TeamMember,
-    User,
-)
+from medarena.db.platform_models import Challenge, Submission, User
 from medarena.errors import InputError, NotFoundError
-from medarena.evaluation.results import EvaluationResult
-from medarena.jobs import Worker
 
 N = 4
 COLUMNS = ("case_id", "x", "y", "z", "diameter_mm")
@@ -73,22 +64,7 @@ SPEC = {
             "split": "s",
         }
     ],
-    "phases": [
-        {
-            "slug": "val",
-            "title": "Validation",
-            "opens": "2020-01-01T00:00:00Z",
-            "closes": "2099-01-01T00:00:00Z",
-            "scored_subset": "validation",
-        },
-        {
-            "slug": "test",
-            "title": "Test",
-            "opens": "2020-01-01T00:00:00Z",
-            "closes": "2099-01-01T00:00:00Z",
-            "scored_subset": "test",
-        },
-    ],
+    "phases": PHASES,
 }
 
 
@@ -127,21 +103,6 @@ class World:
     keys: dict[str, list[str]]  # subset -> case keys
 
 
-def _member(s: object, ch: Challenge, email: str, team: str) -> int:
-    from sqlalchemy.orm import Session
-
-    assert isinstance(s, Session)
-    u = User(email=email, display_name=email.split("@")[0], password_hash="x")
-    s.add(u)
-    s.flush()
-    t = Team(challenge_id=ch.id, name=team)
-    s.add(t)
-    s.flush()
-    s.add(TeamMember(team_id=t.id, challenge_id=ch.id, user_id=u.id, is_captain=True))
-    s.add(RulesAcceptance(challenge_id=ch.id, user_id=u.id, spec_revision=1))
-    return u.id
-
-
 @pytest.fixture
 def world(db_url: str, tmp_path: Path) -> Iterator[World]:
     settings = get_settings(data_dir=tmp_path / "data", database_url=db_url, secret_key="k" * 48)
@@ -163,7 +124,7 @@ def world(db_url: str, tmp_path: Path) -> Iterator[World]:
         ch = Challenge(slug=spec.slug, title=spec.title, spec=spec.model_dump(mode="json"))
         s.add(ch)
         s.flush()
-        uid = _member(s, ch, "ada@example.org", "ada-team")
+        uid = add_team_member(s, ch, "ada@example.org", "ada-team")
         keys = {
             sub: [c.case_key for c in subset_cases(s, "lung", "s", sub)]
             for sub in ("train", "validation", "test")
@@ -185,30 +146,7 @@ def _candidates(rows: Sequence[Sequence[object]], header: Sequence[str] | None =
 
 
 def _submit(w: World, data: bytes, uid: int | None = None, phase: str = "val") -> int:
-    sub = submit(
-        w.cat.sessions,
-        w.cat.store,
-        challenge_slug="luna",
-        track_slug="nodules",
-        phase_slug=phase,
-        user_id=uid or w.uid,
-        stream=io.BytesIO(data),
-        filename="candidates.zip",
-        work_dir=Path(w.cat.settings.data_dir) / "work",
-    )
-    return sub.id
-
-
-def _score(w: World) -> None:
-    Worker(w.cat.sessions, HANDLERS, settings=w.cat.settings).run_until_idle()
-
-
-def _result(w: World, sid: int) -> tuple[Submission, EvaluationResult]:
-    with w.cat.sessions() as s:
-        sub = s.get(Submission, sid)
-        assert sub is not None and sub.status == "scored", (sub and sub.status, sub and sub.error)
-        s.expunge(sub)
-    return sub, EvaluationResult.model_validate_json(w.cat.store.get_bytes(sub.result_digest or ""))
+    return submit_bytes(w.cat, uid or w.uid, "luna", "nodules", phase, data, "candidates.zip")
 
 
 def _scored_key(w: World) -> str:
@@ -226,22 +164,22 @@ def test_detection_track_scores_luna16_cpm_with_excluded_findings(world: World) 
     perfect = _submit(world, _candidates(hits))
     with_excluded = _submit(world, _candidates([*hits, on_excluded]))
     with_fp = _submit(world, _candidates([*hits, elsewhere]))
-    _score(world)
-    sub, res = _result(world, perfect)
+    score_all(world.cat)
+    sub, res = scored_result(world.cat, perfect)
     assert sub.primary_score == pytest.approx(1.0)
     assert res.cases[key]["n_nodules"] == 3.0 and res.cases[key]["n_detected"] == 3.0
-    sub, res = _result(world, with_excluded)
+    sub, res = scored_result(world.cat, with_excluded)
     assert sub.primary_score == pytest.approx(1.0)  # the excluded finding's mark is ignored
     assert res.cases[key]["n_false_positives"] == 0.0
-    sub, res = _result(world, with_fp)
+    sub, res = scored_result(world.cat, with_fp)
     assert sub.primary_score is not None and sub.primary_score < 0.6  # it ranks above the hits
     assert res.cases[key]["n_false_positives"] == 1.0
     # a second team misses one nodule of three: CPM 2/3, one third lower; ranked second
     with world.cat.sessions() as s, s.begin():
-        bob = _member(s, s.scalars(select(Challenge)).one(), "bob@example.org", "bob-team")
+        bob = add_team_member(s, s.scalars(select(Challenge)).one(), "bob@example.org", "bob-team")
     missed = _submit(world, _candidates(hits[:2]), uid=bob)
-    _score(world)
-    sub, res = _result(world, missed)
+    score_all(world.cat)
+    sub, res = scored_result(world.cat, missed)
     assert sub.primary_score == pytest.approx(2 / 3)
     assert sub.scores["sens@1"] == pytest.approx(2 / 3)
     assert res.cases[key]["n_detected"] == 2.0
@@ -274,7 +212,7 @@ def test_bad_candidate_archives_are_refused_with_reasons(world: World) -> None:
         assert s.scalars(select(Submission)).all() == []  # nothing stored
     # a scan declared without candidates (empty coordinates) is a valid submission
     _submit(world, _candidates([(key, "", "", "", "")]))
-    _score(world)
+    score_all(world.cat)
     with world.cat.sessions() as s:
         (sub,) = s.scalars(select(Submission)).all()
         assert sub.status == "scored" and sub.primary_score == pytest.approx(0.0)
@@ -323,7 +261,7 @@ def test_findings_of_hidden_cases_are_never_offered(world: World) -> None:
     key = _scored_key(world)
     (hidden,) = world.keys["test"]
     sid = _submit(world, _candidates([(hidden, 10.0, 10.0, 10.0, 0.9)]), phase="test")
-    _score(world)
+    score_all(world.cat)
     with world.cat.sessions() as s:
         ch = s.scalars(select(Challenge)).one()
         user = s.get(User, world.uid)

@@ -19,12 +19,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 from sqlalchemy import select
+from track_helpers import PHASES, add_team_member, score_all, scored_result, submit_bytes
 
 from medarena.challenges.data import plan_download, subset_cases
 from medarena.challenges.leaderboard import build_leaderboard
-from medarena.challenges.scoring import HANDLERS
 from medarena.challenges.spec import ChallengeSpec
-from medarena.challenges.submissions import SubmissionRefused, submit
+from medarena.challenges.submissions import SubmissionRefused
 from medarena.config import get_settings
 from medarena.datasets.catalogue import Catalogue, make_split, open_catalogue
 from medarena.datasets.dose import attach_dose_references
@@ -33,15 +33,10 @@ from medarena.datasets.splits import SplitSpec
 from medarena.db.models import Case
 from medarena.db.platform_models import (
     Challenge,
-    RulesAcceptance,
     Submission,
-    Team,
-    TeamMember,
     User,
 )
 from medarena.errors import InputError
-from medarena.evaluation.results import EvaluationResult
-from medarena.jobs import Worker
 
 SHAPE = (8, 8, 6)
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm^3 voxels: 0.1 cc is 50 voxels
@@ -100,22 +95,7 @@ SPEC = {
             "split": "s",
         }
     ],
-    "phases": [
-        {
-            "slug": "val",
-            "title": "Validation",
-            "opens": "2020-01-01T00:00:00Z",
-            "closes": "2099-01-01T00:00:00Z",
-            "scored_subset": "validation",
-        },
-        {
-            "slug": "test",
-            "title": "Test",
-            "opens": "2020-01-01T00:00:00Z",
-            "closes": "2099-01-01T00:00:00Z",
-            "scored_subset": "test",
-        },
-    ],
+    "phases": PHASES,
 }
 
 
@@ -141,15 +121,9 @@ def world(db_url: str, tmp_path: Path) -> World:
     spec = ChallengeSpec.model_validate(SPEC)
     with cat.sessions() as s, s.begin():
         ch = Challenge(slug=spec.slug, title=spec.title, spec=spec.model_dump(mode="json"))
-        u = User(email="ada@example.org", display_name="ada", password_hash="x")
-        s.add_all([ch, u])
+        s.add(ch)
         s.flush()
-        t = Team(challenge_id=ch.id, name="ada-team")
-        s.add(t)
-        s.flush()
-        s.add(TeamMember(team_id=t.id, challenge_id=ch.id, user_id=u.id, is_captain=True))
-        s.add(RulesAcceptance(challenge_id=ch.id, user_id=u.id, spec_revision=1))
-        uid = u.id
+        uid = add_team_member(s, ch, "ada@example.org", "ada-team")
         keys = {
             sub: [c.case_key for c in subset_cases(s, "hn", "s", sub)]
             for sub in ("train", "validation", "test")
@@ -172,26 +146,7 @@ def _zip(members: dict[str, np.ndarray | bytes]) -> bytes:
 
 
 def _submit(w: World, data: bytes, phase: str = "val") -> int:
-    sub = submit(
-        w.cat.sessions,
-        w.cat.store,
-        challenge_slug="kbp",
-        track_slug="dose",
-        phase_slug=phase,
-        user_id=w.uid,
-        stream=io.BytesIO(data),
-        filename="doses.zip",
-        work_dir=Path(w.cat.settings.data_dir) / "work",
-    )
-    return sub.id
-
-
-def _result(w: World, sid: int) -> tuple[Submission, EvaluationResult]:
-    with w.cat.sessions() as s:
-        sub = s.get(Submission, sid)
-        assert sub is not None and sub.status == "scored", (sub and sub.status, sub and sub.error)
-        s.expunge(sub)
-    return sub, EvaluationResult.model_validate_json(w.cat.store.get_bytes(sub.result_digest or ""))
+    return submit_bytes(w.cat, w.uid, "kbp", "dose", phase, data, "doses.zip")
 
 
 def test_dose_track_scores_openkbp_dose_and_dvh(world: World) -> None:
@@ -201,10 +156,10 @@ def test_dose_track_scores_openkbp_dose_and_dvh(world: World) -> None:
     # 1 Gy more everywhere: |diff| = 1 in every voxel of the possible-dose mask, and every
     # DVH value (D99, D95, D1 of the target; D0.1cc and mean of the cord) is 1 Gy higher
     shifted = _submit(world, _zip({f"{key}.nii.gz": _dose(i) + 1.0}))
-    assert Worker(world.cat.sessions, HANDLERS, settings=world.cat.settings).run_until_idle() == 2
-    sub, res = _result(world, perfect)
+    assert score_all(world.cat) == 2
+    sub, res = scored_result(world.cat, perfect)
     assert sub.primary_score == pytest.approx(0.0) and sub.scores["dvh_score"] == pytest.approx(0)
-    sub, res = _result(world, shifted)
+    sub, res = scored_result(world.cat, shifted)
     assert sub.primary_score == pytest.approx(1.0, abs=1e-5)
     assert res.cases[key]["dvh_score"] == pytest.approx(1.0, abs=1e-4)
     assert res.cases[key]["dvh_error/D_95/PTV70"] == pytest.approx(1.0, abs=1e-4)
@@ -215,16 +170,12 @@ def test_dose_track_scores_openkbp_dose_and_dvh(world: World) -> None:
     assert not res.failed and not res.missing
     # a second team 2 Gy off: lower is better, so ada's best (the perfect one) ranks first
     with world.cat.sessions() as s, s.begin():
-        ch = s.scalars(select(Challenge)).one()
-        u = User(email="bob@example.org", display_name="bob", password_hash="x")
-        t = Team(challenge_id=ch.id, name="bob-team")
-        s.add_all([u, t])
-        s.flush()
-        s.add(TeamMember(team_id=t.id, challenge_id=ch.id, user_id=u.id, is_captain=True))
-        s.add(RulesAcceptance(challenge_id=ch.id, user_id=u.id, spec_revision=1))
-        bob = World(world.cat, u.id, world.refs, world.keys)
+        bob_id = add_team_member(
+            s, s.scalars(select(Challenge)).one(), "bob@example.org", "bob-team"
+        )
+        bob = World(world.cat, bob_id, world.refs, world.keys)
     _submit(bob, _zip({f"{key}.nii": _dose(i) + 2.0}))
-    Worker(world.cat.sessions, HANDLERS, settings=world.cat.settings).run_until_idle()
+    score_all(world.cat)
     with world.cat.sessions() as s:
         ch = s.scalars(select(Challenge)).one()
         board = build_leaderboard(

@@ -1,0 +1,85 @@
+"""Shared pieces of the per-task track tests (dose, detection): phases, teams, submissions.
+
+A track test builds its own dataset and reference, then a challenge with a public
+``val`` phase (subset ``validation``) and a ``test`` phase (subset ``test``, hidden in the
+split), a team per user, and submissions scored by a real worker.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from medarena.challenges.scoring import HANDLERS
+from medarena.challenges.submissions import submit
+from medarena.datasets.catalogue import Catalogue
+from medarena.db.platform_models import (
+    Challenge,
+    RulesAcceptance,
+    Submission,
+    Team,
+    TeamMember,
+    User,
+)
+from medarena.evaluation.results import EvaluationResult
+from medarena.jobs import Worker
+
+OPEN = ("2020-01-01T00:00:00Z", "2099-01-01T00:00:00Z")
+PHASES: list[dict[str, Any]] = [
+    {
+        "slug": slug,
+        "title": title,
+        "opens": OPEN[0],
+        "closes": OPEN[1],
+        "scored_subset": subset,
+    }
+    for slug, title, subset in (("val", "Validation", "validation"), ("test", "Test", "test"))
+]
+
+
+def add_team_member(s: Session, ch: Challenge, email: str, team: str) -> int:
+    """A user who accepted the rules and captains a new team of ``ch``; their id."""
+    u = User(email=email, display_name=email.split("@")[0], password_hash="x")
+    s.add(u)
+    s.flush()
+    t = Team(challenge_id=ch.id, name=team)
+    s.add(t)
+    s.flush()
+    s.add(TeamMember(team_id=t.id, challenge_id=ch.id, user_id=u.id, is_captain=True))
+    s.add(RulesAcceptance(challenge_id=ch.id, user_id=u.id, spec_revision=1))
+    return u.id
+
+
+def submit_bytes(
+    cat: Catalogue, uid: int, slug: str, track: str, phase: str, data: bytes, filename: str
+) -> int:
+    """Upload ``data`` as ``filename`` through :func:`submit`; the new submission's id."""
+    sub = submit(
+        cat.sessions,
+        cat.store,
+        challenge_slug=slug,
+        track_slug=track,
+        phase_slug=phase,
+        user_id=uid,
+        stream=io.BytesIO(data),
+        filename=filename,
+        work_dir=Path(cat.settings.data_dir) / "work",
+    )
+    return sub.id
+
+
+def score_all(cat: Catalogue) -> int:
+    """Run a real worker until the queue is empty; the number of jobs it ran."""
+    return Worker(cat.sessions, HANDLERS, settings=cat.settings).run_until_idle()
+
+
+def scored_result(cat: Catalogue, sid: int) -> tuple[Submission, EvaluationResult]:
+    """A scored submission (asserted, with its error otherwise) and its result.json."""
+    with cat.sessions() as s:
+        sub = s.get(Submission, sid)
+        assert sub is not None and sub.status == "scored", (sub and sub.status, sub and sub.error)
+        s.expunge(sub)
+    return sub, EvaluationResult.model_validate_json(cat.store.get_bytes(sub.result_digest or ""))
