@@ -21,8 +21,8 @@ from medarena.db import models, platform_models
 from medarena.demo.runner import CHALLENGE_SLUG, ORGANIZER, TEAMS, cache_dir, parse_tracks
 from medarena.errors import InputError
 
-TRACKS = "brain_age,dose,petct"
-SLUGS = ("brain-age", "dose", "petct")
+TRACKS = "brain_age,dose,lung_nodules"
+SLUGS = ("brain-age", "dose", "lung-nodules")
 TABLES = (
     models.Dataset,
     models.Case,
@@ -59,7 +59,6 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
     passwords = dict(re.findall(r"(\S+@demo\.medarena\.example) password (\S+)", out))
     assert set(passwords) == {ORGANIZER[0], *(e for _t, e, _d in TEAMS)}
     assert "12 submission(s) added" in out  # 3 tracks x 2 teams x 2 phases
-    assert "lung_nodules" in out  # the skipped track is named
     assert "MNI152" in out  # the real part of brain age is said
 
     # data cached by seed and version
@@ -142,11 +141,10 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
     assert _counts(data_dir) == before
 
 
-def test_demo_refuses_unknown_and_skipped_tracks() -> None:
+def test_demo_refuses_unknown_tracks_and_sizes() -> None:
     with pytest.raises(InputError, match="unknown track"):
         parse_tracks("brain_age,spleen")
-    with pytest.raises(InputError, match="detection"):
-        parse_tracks("lung_nodules")
+    assert parse_tracks("lung-nodules,dose,dose") == ["lung_nodules", "dose"]
     res = CliRunner().invoke(app, ["demo", "--size", "tiny", "--no-serve", "--tracks", "nope"])
     assert res.exit_code == 2
     assert "unknown track" in res.output

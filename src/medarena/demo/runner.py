@@ -8,7 +8,7 @@ Steps, each skipped when its result is already there (so a second run changes no
    ``test`` subset, every fourth training case the ``validation`` subset, the rest
    ``train``. Table tasks get the test cases' labels from the generator's hidden reference;
    dose tracks get their reference objects through
-   :func:`medarena.datasets.dose.attach_dose_references`;
+   :func:`medarena.datasets.dose.attach_dose_references`, detection tracks their findings;
 2. an organizer and two participant teams (fixed demo e-mails, random passwords returned
    once, stored argon2-hashed by :mod:`medarena.accounts`);
 3. the challenge ``demo`` with one track per dataset and two phases (``preliminary``, a
@@ -17,9 +17,8 @@ Steps, each skipped when its result is already there (so a second run changes no
 4. classical baselines of both teams per track and phase, uploaded as real archives through
    :func:`medarena.challenges.submissions.submit` and scored by an in-process job worker.
 
-The lung-nodule detection track is not wired: a table task's reference is built with one
-row per case from the catalogue, so several nodules per scan cannot be scored through a
-challenge until detection findings are stored with the cases.
+The lung-nodule track's nodules and excluded findings are stored as each case's findings
+object (:func:`medarena.datasets.findings.attach_findings`), the detection reference.
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ from medarena.challenges.submissions import submit
 from medarena.challenges.teams import create_team, team_of
 from medarena.datasets.catalogue import Catalogue
 from medarena.datasets.dose import attach_dose_references
+from medarena.datasets.findings import attach_findings
 from medarena.datasets.ingest import IngestOptions, ingest
 from medarena.db.models import Case, Dataset, Split, SplitAssignment
 from medarena.db.platform_models import Challenge, Job, Submission, Team, User
@@ -125,13 +125,18 @@ TRACKS: dict[str, TrackPlan] = {
         TrackPlan(
             "petct", "petct", "PET/CT lesion segmentation", ("dice", "fpv_ml", "fnv_ml"), "dice"
         ),
+        TrackPlan(
+            "lung_nodules",
+            "lung-nodules",
+            "Lung-nodule detection",
+            ("cpm",),
+            "cpm",
+            {"bootstrap": 200, "seed": 0},
+        ),
         TrackPlan("lowdose_ct", "lowdose-ct", "Low-dose CT denoising", ("psnr", "ssim"), "psnr"),
     )
 }
-SKIPPED_TRACKS = {
-    "lung_nodules": "lung-nodule detection is not wired yet: the platform stores one reference "
-    "row per case, and a scan holds several nodules (detection findings are not stored yet)"
-}
+SKIPPED_TRACKS: dict[str, str] = {}  # track -> why it is not wired
 
 
 @dataclass
@@ -265,6 +270,10 @@ def ingest_track(cat: Catalogue, gen: GeneratedTrack, progress: ProgressFn) -> b
     if gen.task in ("multilabel", "regression", "classification"):
         labels = _test_labels_csv(gen, TRACKS[gen.track])
         ingest(cat, gen.ingest_dir, name, IngestOptions(labels_csv=labels), progress=progress)
+    if gen.task == "detection":
+        attach_findings(
+            cat, name, gen.root / "annotations.csv", gen.root / "annotations_excluded.csv"
+        )
     if gen.task == "dose":
         attach_dose_references(cat, name, gen.reference, gen.test_ids)
         val_root = gen.root / "validation-reference"
@@ -504,6 +513,8 @@ def baseline_files(gen: GeneratedTrack, team: int, cases: Sequence[str]) -> dict
         return {"predictions.csv": _fundus(gen, team, cases)}
     if task == "regression":
         return {"predictions.csv": _brain_age(gen, team, cases)}
+    if task == "detection":
+        return {"predictions.csv": _nodules(gen, team, cases)}
     out: dict[str, bytes] = {}
     for cid in cases:
         if task == "brats":
@@ -598,6 +609,33 @@ def _petct(gen: GeneratedTrack, team: int, cid: str) -> tuple[NDArray[Any], Any]
     sizes = np.asarray(ndimage.sum(hot, blobs, np.arange(1, n + 1))) * voxel_ml
     keep = np.flatnonzero(sizes <= 40.0) + 1
     return np.isin(blobs, keep).astype(np.uint8), aff
+
+
+def _nodules(gen: GeneratedTrack, team: int, cases: Sequence[str]) -> bytes:
+    """Candidates: dense blobs (> -400 HU) enclosed by lung. Team 0 gives each probability 1;
+    team 1 scores roundness (the fraction of its bounding box a blob fills: vessels are
+    thin tubes, nodules balls)."""
+    rows: list[list[Any]] = []
+    for cid in cases:
+        ct, aff = _image(gen, cid, 0)
+        air = ct < -500
+        outside, _n = ndimage.label(air)
+        border = np.unique(np.concatenate([outside[[0, -1]].ravel(), outside[:, [0, -1]].ravel()]))
+        lungs = air & ~np.isin(outside, border[border > 0])
+        blobs, _count = ndimage.label(ndimage.binary_fill_holes(lungs) & ~lungs & (ct > -400))
+        found = 0
+        for k, box in enumerate(ndimage.find_objects(blobs), start=1):
+            if box is None:
+                continue
+            part = blobs[box] == k
+            centre = np.asarray(ndimage.center_of_mass(part)) + [b.start for b in box]
+            x, y, z = (np.asarray(aff) @ np.append(centre, 1.0))[:3]
+            prob = 1.0 if team == 0 else float(part.mean())
+            rows.append([cid, f"{x:.2f}", f"{y:.2f}", f"{z:.2f}", f"{prob:.4f}"])
+            found += 1
+        if not found:
+            rows.append([cid, "", "", "", ""])
+    return _table(["case_id", "x", "y", "z", "probability"], rows)
 
 
 def _dose(gen: GeneratedTrack, team: int, cid: str) -> tuple[NDArray[Any], Any]:
