@@ -29,7 +29,7 @@ def test_ingest_list_show_stats_split(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "(hidden)" in res.output
     res = runner.invoke(app, ["datasets", "show", "ct", "--json"])
-    records = json.loads(res.output)
+    records = json.loads(res.stdout)
     assert len(records) == 2 and all("default" in r["splits"] for r in records)
     plot = tmp_path / "ct.png"
     res = runner.invoke(app, ["datasets", "stats", "ct", "--plot", str(plot), "--json"])

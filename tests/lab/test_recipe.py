@@ -125,7 +125,7 @@ def test_segmentation_networks_build_and_keep_the_grid(name: str) -> None:
 def test_cli_blocks_validate(tmp_path: Path) -> None:
     res = runner.invoke(app, ["lab", "blocks", "--kind", "network", "--json"])
     assert res.exit_code == 0, res.output
-    listed = json.loads(res.output)
+    listed = json.loads(res.stdout)
     assert {b["name"] for b in listed} == {
         "unet",
         "basic_unet",

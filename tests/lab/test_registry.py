@@ -98,7 +98,7 @@ def test_cli_models_list_and_show(
     assert "registered as model disks-resnet:1" in res.output
     res = runner.invoke(app, ["lab", "models", "list", "--json"])
     assert res.exit_code == 0, res.output
-    [row] = json.loads(res.output)
+    [row] = json.loads(res.stdout)
     assert row["model"] == "disks-resnet:1" and row["onnx"] is True
     out = tmp_path / "downloaded.onnx"
     res = runner.invoke(app, ["lab", "models", "show", "disks-resnet:1", "--onnx-out", str(out)])
