@@ -277,3 +277,17 @@ def test_joining_twice_at_once_is_idempotent(
         ch = service.get_challenge(s, "brain-2025")
         assert len(s.scalars(select(RulesAcceptance)).all()) == 1
         assert roles_of(s, bob.id, ch.id) == {"participant"}
+
+
+def test_missing_dataset_or_split_is_reported_once(session: Session, spec_yaml: str) -> None:
+    """A track's missing dataset (or split) is one problem, not one per subset it names."""
+    no_dataset = parse_spec(spec_yaml.replace("dataset: brain", "dataset: nowhere", 1))
+    problems = service.check_data(session, no_dataset)
+    assert len([p for p in problems if "no such dataset" in p]) == 1, problems
+    assert len(problems) == len(set(problems))
+    no_split = parse_spec(spec_yaml.replace("split: challenge", "split: other", 1))
+    problems = service.check_data(session, no_split)
+    assert len([p for p in problems if "no such split" in p]) == 1, problems
+    # A subset missing from an existing split still names that subset.
+    missing = parse_spec(spec_yaml.replace("scored_subset: validation", "scored_subset: extra"))
+    assert [p for p in service.check_data(session, missing) if "'extra'" in p]

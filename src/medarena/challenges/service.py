@@ -115,7 +115,10 @@ def check_data(session: Session, spec: ChallengeSpec) -> list[str]:
             try:
                 info = subset_info(session, t.dataset, t.split, subset)
             except InputError as exc:
-                problems.append(f"track {t.slug}: {exc}")
+                # A missing dataset or split fails every subset alike: report it once.
+                problem = f"track {t.slug}: {exc}"
+                if problem not in problems:
+                    problems.append(problem)
                 continue
             if subset == t.train_subset and info.hidden:
                 problems.append(
