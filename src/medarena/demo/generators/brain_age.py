@@ -26,7 +26,6 @@ modelled, no skull, a coarse grid (3 mm demo, 6 mm tiny).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +34,14 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from medarena.demo.generators.common import (
+    Cohort,
     GeneratedTrack,
+    begin,
     case_rng,
-    check_args,
-    check_out_dir,
-    draw_subjects,
-    finish,
-    relative_files,
+    describe,
+    image_dir,
     write_csv,
-    write_dataset_json,
-    write_metadata,
+    write_csv_labelled_folder,
     write_nifti,
 )
 from medarena.demo.generators.mni import MNI_SOURCE, TissueMaps, bias_field, rician, tissue_maps
@@ -127,17 +124,18 @@ def t1_image(maps: TissueMaps, site: str, rng: np.random.Generator) -> NDArray[n
     return np.round(np.clip(img * 1000.0, 0, 32767)).astype(np.int16)
 
 
+COHORT = Cohort(track=TRACK, prefix="bage", sites=SITES, age_range=AGE_RANGE)
+
+
 def generate(
     out_dir: Path, *, n_train: int, n_test: int, seed: int, size: str = "demo"
 ) -> GeneratedTrack:
     """Write the brain-age track (MSD images, targets.csv, metadata.csv) under ``out_dir``."""
-    check_args(n_train, n_test, seed, size)
-    root = check_out_dir(out_dir)
+    root, subjects = begin(COHORT, out_dir, n_train, n_test, seed, size)
     data = root / "data"
     template = tissue_maps(SPACING[size])
     spacing = (template.spacing,) * 3
     voxel_ml = template.spacing**3 / 1000.0
-    subjects = draw_subjects(seed, TRACK, "bage", n_train, n_test, SITES, age_range=AGE_RANGE)
     cases: dict[str, Any] = {}
     for i, subj in enumerate(subjects):
         rng = case_rng(seed, TRACK, i)
@@ -150,9 +148,10 @@ def generate(
             head=head,
             deformation=_deformation(template.shape, template.spacing, rng),
         )
-        folder = "imagesTs" if subj.test else "imagesTr"
         write_nifti(
-            data / folder / f"{subj.case_id}_0000.nii.gz", t1_image(maps, subj.site, rng), spacing
+            image_dir(data, subj) / f"{subj.case_id}_0000.nii.gz",
+            t1_image(maps, subj.site, rng),
+            spacing,
         )
         cases[subj.case_id] = {
             "atrophy_rate": round(rate, 4),
@@ -161,37 +160,30 @@ def generate(
             "gm_ml": round(float(maps.gm.sum()) * voxel_ml, 3),
             "ventricles_ml": round(ventricle_volume_ml(maps), 3),
         }
-    train = [s.case_id for s in subjects if not s.test]
-    test = [s.case_id for s in subjects if s.test]
-    write_dataset_json(
+    write_csv_labelled_folder(
         data,
         name="medarena demo: brain-age regression",
         description="MNI152 brains aged by a documented atrophy model; see docs/demo-data.md",
         channels=("T1",),
         subjects=subjects,
         suffix=".nii.gz",
-    )
-    write_metadata(data / "metadata.csv", subjects)
-    write_csv(
-        data / "targets.csv",
-        ("case_id", "chronological_age"),
-        [(s.case_id, s.age) for s in subjects],
+        labels_file="targets.csv",
+        header=("case_id", "chronological_age"),
+        rows=[(s.case_id, s.age) for s in subjects],
     )
     reference = write_csv(
         root / "reference.csv",
         ("case_id", "value"),
         [(s.case_id, s.age) for s in subjects if s.test],
     )
-    track = GeneratedTrack(
+    return describe(
+        root,
+        subjects,
         track=TRACK,
         task="regression",
         task_config={"value_column": "value"},
-        root=root,
         ingest_dir=data,
         reference=reference,
-        train_ids=tuple(train),
-        test_ids=tuple(test),
-        files=(),
         channels=("T1",),
         label_names={"chronological_age": "age in whole years (the regression target)"},
         real_parts=(MNI_SOURCE,),
@@ -206,4 +198,3 @@ def generate(
         size=size,
         notes={"version": VERSION, "spacing_mm": template.spacing, "cases": cases},
     )
-    return finish(replace(track, files=relative_files(root)))

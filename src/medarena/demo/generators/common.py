@@ -34,6 +34,8 @@ from medarena.errors import InputError
 Size = Literal["demo", "tiny"]
 SIZES: tuple[str, ...] = ("demo", "tiny")
 METADATA_COLUMNS = ("case_id", "sex", "age", "site", "manufacturer")
+# size -> (voxels per axis, voxel size in mm) of a generator's 3-D grid
+Grids = dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]]
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,47 @@ def case_rng(seed: int, track: str, index: int) -> np.random.Generator:
     # or a subject's image parameters would be a function of its age and sex.
     salt = int.from_bytes(hashlib.sha256(track.encode()).digest()[:8], "little")
     return np.random.default_rng([seed, salt, index])
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Who a track's cases are: case ids ``<prefix>-NNNN``, sites with their vendors, ages."""
+
+    track: str
+    prefix: str
+    sites: Mapping[str, str]
+    age_range: tuple[int, int]
+
+
+def vendors(sites: Mapping[str, tuple[Any, ...]]) -> dict[str, str]:
+    """Each site's scanner vendor, from a site table whose rows start with the vendor."""
+    return {site: str(row[0]) for site, row in sites.items()}
+
+
+def begin(
+    cohort: Cohort, out_dir: Path, n_train: int, n_test: int, seed: int, size: str
+) -> tuple[Path, list[Subject]]:
+    """What every generator does first: check its arguments and folder, then draw the subjects.
+
+    Returns the output folder and the subjects (see :func:`draw_subjects`).
+    """
+    check_args(n_train, n_test, seed, size)
+    root = check_out_dir(out_dir)
+    c = cohort
+    return root, draw_subjects(seed, c.track, c.prefix, n_train, n_test, c.sites, c.age_range)
+
+
+def split_ids(subjects: Sequence[Subject]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The case ids of the training subjects and of the test subjects, in subject order."""
+    return (
+        tuple(s.case_id for s in subjects if not s.test),
+        tuple(s.case_id for s in subjects if s.test),
+    )
+
+
+def image_dir(ingest_dir: Path, subject: Subject) -> Path:
+    """``imagesTs`` for a test subject, ``imagesTr`` otherwise (below ``ingest_dir``)."""
+    return ingest_dir / ("imagesTs" if subject.test else "imagesTr")
 
 
 def draw_subjects(
@@ -221,8 +264,7 @@ def write_dataset_json(
     suffix: str,
 ) -> Path:
     """``dataset.json`` of an image-only MSD folder (case labels come from a CSV instead)."""
-    train = [s.case_id for s in subjects if not s.test]
-    test = [s.case_id for s in subjects if s.test]
+    train, test = split_ids(subjects)
     meta = {
         "name": name,
         "description": description,
@@ -261,16 +303,15 @@ def write_msd_layout(
     written: list[Path] = []
     for s in subjects:
         sp = spacing[s.case_id] if isinstance(spacing, Mapping) else spacing
-        img_dir, lab_dir = ("imagesTs", "labelsTs") if s.test else ("imagesTr", "labelsTr")
+        lab_dir = "labelsTs" if s.test else "labelsTr"
         for ch, arr in enumerate(images[s.case_id]):
             written.append(
-                write_nifti(ingest_dir / img_dir / f"{s.case_id}_{ch:04d}.nii.gz", arr, sp)
+                write_nifti(image_dir(ingest_dir, s) / f"{s.case_id}_{ch:04d}.nii.gz", arr, sp)
             )
         written.append(
             write_nifti(ingest_dir / lab_dir / f"{s.case_id}.nii.gz", labels[s.case_id], sp)
         )
-    train = [s.case_id for s in subjects if not s.test]
-    test = [s.case_id for s in subjects if s.test]
+    train, test = split_ids(subjects)
     meta = {
         "name": name,
         "description": description,
@@ -305,6 +346,80 @@ def finish(track: GeneratedTrack) -> GeneratedTrack:
     path = track.root / "track.json"
     path.write_text(json.dumps(track.manifest(), indent=2, sort_keys=True) + "\n")
     return track
+
+
+def write_csv_labelled_folder(
+    ingest_dir: Path,
+    *,
+    name: str,
+    description: str,
+    channels: Sequence[str],
+    subjects: Sequence[Subject],
+    suffix: str,
+    labels_file: str,
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+) -> Path:
+    """The non-image files of an image-only folder whose case labels come from a CSV.
+
+    Writes ``dataset.json``, ``metadata.csv`` and ``labels_file`` (``header`` then ``rows``,
+    one a case); the images themselves are the generator's to write. Returns the labels CSV.
+    """
+    write_dataset_json(
+        ingest_dir,
+        name=name,
+        description=description,
+        channels=channels,
+        subjects=subjects,
+        suffix=suffix,
+    )
+    write_metadata(ingest_dir / "metadata.csv", subjects)
+    return write_csv(ingest_dir / labels_file, header, rows)
+
+
+def describe(
+    root: Path,
+    subjects: Sequence[Subject],
+    *,
+    track: str,
+    task: str,
+    task_config: Mapping[str, Any],
+    ingest_dir: Path,
+    reference: Path,
+    channels: tuple[str, ...],
+    label_names: Mapping[str, str],
+    real_parts: tuple[str, ...],
+    synthetic_parts: tuple[str, ...],
+    seed: int,
+    size: str,
+    notes: Mapping[str, Any],
+) -> GeneratedTrack:
+    """What every generator does last: describe what it wrote and write ``track.json``.
+
+    The split comes from ``subjects`` and ``files`` lists everything under ``root`` (taken
+    before ``track.json`` is written, so the manifest does not list itself).
+    """
+    train_ids, test_ids = split_ids(subjects)
+    return finish(
+        GeneratedTrack(
+            track=track,
+            task=task,
+            task_config=task_config,
+            root=root,
+            ingest_dir=ingest_dir,
+            reference=reference,
+            train_ids=train_ids,
+            test_ids=test_ids,
+            files=relative_files(root),
+            channels=channels,
+            label_names=label_names,
+            real_parts=real_parts,
+            synthetic_parts=synthetic_parts,
+            seed=seed,
+            size=size,
+            notes=notes,
+        )
+    )
 
 
 def relative_files(root: Path) -> tuple[str, ...]:

@@ -43,13 +43,13 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from medarena.demo.generators.common import (
+    Cohort,
     GeneratedTrack,
+    Grids,
+    begin,
     case_rng,
-    check_args,
-    check_out_dir,
-    draw_subjects,
-    finish,
-    relative_files,
+    describe,
+    vendors,
     write_msd_layout,
     write_nifti,
 )
@@ -69,7 +69,7 @@ SITES: dict[str, tuple[str, int, float, float]] = {
     "site-B": ("Philips", 5, 4.5, 20.0),
     "site-C": ("GE", 9, 2.5, 35.0),
 }
-GRIDS: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {
+GRIDS: Grids = {
     "demo": ((64, 64, 48), (3.5, 3.5, 4.0)),
     "tiny": ((24, 24, 20), (9.0, 9.0, 9.0)),
 }
@@ -190,18 +190,17 @@ def normalise_to_prescription(dose: NDArray[np.float64], target: NDArray[np.bool
     return dose * (PRESCRIPTION_GY / d95)
 
 
+COHORT = Cohort(track=TRACK, prefix="hn", sites=vendors(SITES), age_range=(35, 80))
+
+
 def generate(
     out_dir: Path, *, n_train: int, n_test: int, seed: int, size: str = "demo"
 ) -> GeneratedTrack:
     """Write the dose track under ``out_dir`` and describe it (module docstring: model)."""
-    check_args(n_train, n_test, seed, size)
+    root, subjects = begin(COHORT, out_dir, n_train, n_test, seed, size)
     shape, spacing = GRIDS[size]
-    root = check_out_dir(out_dir)
     ingest_dir = root / "data"
     ref_dir = root / "reference"
-    subjects = draw_subjects(
-        seed, TRACK, "hn", n_train, n_test, {k: v[0] for k, v in SITES.items()}, (35, 80)
-    )
     images: dict[str, list[NDArray[Any]]] = {}
     labels: dict[str, NDArray[Any]] = {}
     d95s: dict[str, float] = {}
@@ -240,27 +239,23 @@ def generate(
         spacing=spacing,
     )
     ref_dir.mkdir(parents=True, exist_ok=True)
-    return finish(
-        GeneratedTrack(
-            track=TRACK,
-            task="dose",
-            task_config={"targets": [TARGET], "rois": list(ROIS)},
-            root=root,
-            ingest_dir=ingest_dir,
-            reference=ref_dir,
-            train_ids=tuple(s.case_id for s in subjects if not s.test),
-            test_ids=tuple(s.case_id for s in subjects if s.test),
-            files=relative_files(root),
-            channels=channels,
-            label_names={"dose": "dose in cGy (uint16); the reference folder holds Gy"},
-            real_parts=(),
-            synthetic_parts=(
-                "head-and-neck CT (ellipsoid anatomy)",
-                "ROI masks",
-                "dose from a coplanar parallel-beam model normalised to D95 = 70 Gy",
-            ),
-            seed=seed,
-            size=size,
-            notes={"prescription_gy": PRESCRIPTION_GY, "d95_gy": d95s},
-        )
+    return describe(
+        root,
+        subjects,
+        track=TRACK,
+        task="dose",
+        task_config={"targets": [TARGET], "rois": list(ROIS)},
+        ingest_dir=ingest_dir,
+        reference=ref_dir,
+        channels=channels,
+        label_names={"dose": "dose in cGy (uint16); the reference folder holds Gy"},
+        real_parts=(),
+        synthetic_parts=(
+            "head-and-neck CT (ellipsoid anatomy)",
+            "ROI masks",
+            "dose from a coplanar parallel-beam model normalised to D95 = 70 Gy",
+        ),
+        seed=seed,
+        size=size,
+        notes={"prescription_gy": PRESCRIPTION_GY, "d95_gy": d95s},
     )

@@ -30,7 +30,7 @@ photograph the enlarged cup is painted over the detected disc and arteries are n
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,16 +41,14 @@ from PIL import Image as PILImage
 from scipy import ndimage as ndi
 
 from medarena.demo.generators.common import (
+    Cohort,
     GeneratedTrack,
+    begin,
     case_rng,
-    check_args,
-    check_out_dir,
-    draw_subjects,
-    finish,
-    relative_files,
+    describe,
+    image_dir,
     write_csv,
-    write_dataset_json,
-    write_metadata,
+    write_csv_labelled_folder,
 )
 
 TRACK = "fundus"
@@ -378,15 +376,16 @@ def png_bytes(rgb: NDArray[np.uint8]) -> bytes:
     return buf.getvalue()
 
 
+COHORT = Cohort(track=TRACK, prefix="fun", sites=SITES, age_range=(30, 85))
+
+
 def generate(
     out_dir: Path, *, n_train: int, n_test: int, seed: int, size: str = "demo"
 ) -> GeneratedTrack:
     """Write the fundus track (PNG images, labels.csv, metadata.csv) under ``out_dir``."""
-    check_args(n_train, n_test, seed, size)
+    root, subjects = begin(COHORT, out_dir, n_train, n_test, seed, size)
     n = PIXELS[size]
-    root = check_out_dir(out_dir)
     data = root / "data"
-    subjects = draw_subjects(seed, TRACK, "fun", n_train, n_test, SITES, age_range=(30, 85))
     rows: list[tuple[Any, ...]] = []
     cases: dict[str, Any] = {}
     for i, subj in enumerate(subjects):
@@ -394,8 +393,7 @@ def generate(
         # a third of the cases, spread over the sites (which cycle with i % 3)
         case = draw_case(rng, subj.age, real=(i % 3 == (i // 3) % 3), n=n)
         img, _ = render(case, n)
-        folder = "imagesTs" if subj.test else "imagesTr"
-        path = data / folder / f"{subj.case_id}.png"
+        path = image_dir(data, subj) / f"{subj.case_id}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(png_bytes(acquire(img, subj.site, rng)))
         labels = labels_from_findings(case)
@@ -409,32 +407,29 @@ def generate(
             "findings": {k: sum(s.kind == k for s in case.spots) for k in kinds},
             "spots": [[s.kind, s.x, s.y, round(s.radius, 4)] for s in case.spots],
         }
-    train = [s.case_id for s in subjects if not s.test]
-    test = [s.case_id for s in subjects if s.test]
-    write_dataset_json(
+    write_csv_labelled_folder(
         data,
         name="medarena demo: fundus multi-disease classification",
         description="Real and procedural fundi with inserted findings; see docs/demo-data.md",
         channels=("colour fundus photograph",),
         subjects=subjects,
         suffix=".png",
+        labels_file="labels.csv",
+        header=("case_id", *LABEL_NAMES),
+        rows=rows,
     )
-    write_metadata(data / "metadata.csv", subjects)
-    write_csv(data / "labels.csv", ("case_id", *LABEL_NAMES), rows)
-    test_set = set(test)
+    test_set = {s.case_id for s in subjects if s.test}
     reference = write_csv(
         root / "reference.csv", ("case_id", *LABEL_NAMES), [r for r in rows if r[0] in test_set]
     )
-    track = GeneratedTrack(
+    return describe(
+        root,
+        subjects,
         track=TRACK,
         task="multilabel",
         task_config={"labels": list(LABEL_NAMES)},
-        root=root,
         ingest_dir=data,
         reference=reference,
-        train_ids=tuple(train),
-        test_ids=tuple(test),
-        files=(),
         channels=("RGB",),
         label_names={k: "0/1, follows the inserted findings" for k in LABEL_NAMES},
         real_parts=(f"{REAL_SOURCE}, background of a third of the cases",),
@@ -449,4 +444,3 @@ def generate(
         size=size,
         notes={"version": VERSION, "pixels": n, "cases": cases},
     )
-    return finish(replace(track, files=relative_files(root)))

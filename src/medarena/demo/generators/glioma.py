@@ -24,7 +24,7 @@ a coarse grid (3 mm demo, 6 mm tiny). Images are stored as int16.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,11 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from medarena.demo.generators.common import (
+    Cohort,
     GeneratedTrack,
+    begin,
     case_rng,
-    check_args,
-    check_out_dir,
-    draw_subjects,
-    finish,
-    relative_files,
+    describe,
     write_msd_layout,
 )
 from medarena.demo.generators.mni import MNI_SOURCE, TissueMaps, bias_field, rician, tissue_maps
@@ -159,15 +157,16 @@ def synthesise(
     return out
 
 
+COHORT = Cohort(track=TRACK, prefix="gli", sites=SITES, age_range=(25, 80))
+
+
 def generate(
     out_dir: Path, *, n_train: int, n_test: int, seed: int, size: str = "demo"
 ) -> GeneratedTrack:
     """Write the glioma track (MSD layout, test labels in ``labelsTs``) under ``out_dir``."""
-    check_args(n_train, n_test, seed, size)
-    root = check_out_dir(out_dir)
+    root, subjects = begin(COHORT, out_dir, n_train, n_test, seed, size)
     ingest_dir = root / "data"
     template = tissue_maps(SPACING[size])
-    subjects = draw_subjects(seed, TRACK, "gli", n_train, n_test, SITES, age_range=(25, 80))
     images: dict[str, list[NDArray[np.int16]]] = {}
     labels: dict[str, NDArray[np.uint8]] = {}
     cases: dict[str, Any] = {}
@@ -201,16 +200,14 @@ def generate(
         labels=labels,
         spacing=(template.spacing,) * 3,
     )
-    track = GeneratedTrack(
+    return describe(
+        root,
+        subjects,
         track=TRACK,
         task="brats",
         task_config={"labels": "2023", "subchallenge": "GLI", "lesion_wise": True},
-        root=root,
         ingest_dir=ingest_dir,
         reference=ingest_dir / "labelsTs",
-        train_ids=tuple(s.case_id for s in subjects if not s.test),
-        test_ids=tuple(s.case_id for s in subjects if s.test),
-        files=(),
         channels=CHANNELS,
         label_names=LABELS,
         real_parts=(MNI_SOURCE,),
@@ -225,4 +222,3 @@ def generate(
         size=size,
         notes={"version": VERSION, "spacing_mm": template.spacing, "cases": cases},
     )
-    return finish(replace(track, files=relative_files(root)))

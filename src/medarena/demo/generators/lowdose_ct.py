@@ -49,14 +49,13 @@ from pydicom.pixels import apply_rescale
 from skimage.transform import iradon, radon, resize
 
 from medarena.demo.generators.common import (
+    Cohort,
     GeneratedTrack,
+    begin,
     case_rng,
-    check_args,
-    check_out_dir,
     copy_test_labels,
-    draw_subjects,
-    finish,
-    relative_files,
+    describe,
+    vendors,
     write_msd_layout,
 )
 from medarena.errors import MedarenaError
@@ -193,18 +192,17 @@ def simulate(
     return recon(sino), recon(noisy)
 
 
+COHORT = Cohort(track=TRACK, prefix="ldct", sites=vendors(SITES), age_range=(20, 85))
+
+
 def generate(
     out_dir: Path, *, n_train: int, n_test: int, seed: int, size: str = "demo"
 ) -> GeneratedTrack:
     """Write the low-dose CT track under ``out_dir`` and describe it (module docstring)."""
-    check_args(n_train, n_test, seed, size)
+    root, subjects = begin(COHORT, out_dir, n_train, n_test, seed, size)
     n, n_angles = GRIDS[size]
-    root = check_out_dir(out_dir)
     ingest_dir = root / "data"
     ref_dir = root / "reference"
-    subjects = draw_subjects(
-        seed, TRACK, "ldct", n_train, n_test, {k: v[0] for k, v in SITES.items()}, (20, 85)
-    )
     reals = real_slices()
     images: dict[str, list[NDArray[Any]]] = {}
     labels: dict[str, NDArray[Any]] = {}
@@ -238,26 +236,22 @@ def generate(
         extra_columns=extra,
     )
     copy_test_labels(written, ref_dir)
-    return finish(
-        GeneratedTrack(
-            track=TRACK,
-            task="image-to-image",
-            task_config={"data_range": "ref_max"},
-            root=root,
-            ingest_dir=ingest_dir,
-            reference=ref_dir,
-            train_ids=tuple(s.case_id for s in subjects if not s.test),
-            test_ids=tuple(s.case_id for s in subjects if s.test),
-            files=relative_files(root),
-            channels=("low-dose CT (CT number + 1024)",),
-            label_names={"target": "full-dose CT (CT number + 1024, uint16)"},
-            real_parts=tuple(r.source for r in reals),
-            synthetic_parts=(
-                "Shepp-Logan-style phantoms (every other case)",
-                "low-dose noise: Poisson counts on radon sinograms, FBP reconstruction",
-            ),
-            seed=seed,
-            size=size,
-            notes={"sources": {k: v["source"] for k, v in extra.items()}},
-        )
+    return describe(
+        root,
+        subjects,
+        track=TRACK,
+        task="image-to-image",
+        task_config={"data_range": "ref_max"},
+        ingest_dir=ingest_dir,
+        reference=ref_dir,
+        channels=("low-dose CT (CT number + 1024)",),
+        label_names={"target": "full-dose CT (CT number + 1024, uint16)"},
+        real_parts=tuple(r.source for r in reals),
+        synthetic_parts=(
+            "Shepp-Logan-style phantoms (every other case)",
+            "low-dose noise: Poisson counts on radon sinograms, FBP reconstruction",
+        ),
+        seed=seed,
+        size=size,
+        notes={"sources": {k: v["source"] for k, v in extra.items()}},
     )

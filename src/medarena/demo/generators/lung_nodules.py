@@ -40,13 +40,13 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from medarena.demo.generators.common import (
+    Cohort,
     GeneratedTrack,
+    Grids,
+    begin,
     case_rng,
-    check_args,
-    check_out_dir,
-    draw_subjects,
-    finish,
-    relative_files,
+    describe,
+    vendors,
     write_csv,
     write_msd_layout,
 )
@@ -63,7 +63,7 @@ SITES: dict[str, tuple[str, float, float]] = {
     "site-B": ("Toshiba", 35.0, 1.5),
     "site-C": ("GE", 60.0, 2.5),
 }
-GRIDS: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {
+GRIDS: Grids = {
     "demo": ((96, 96, 64), (3.5, 3.5, 4.0)),
     "tiny": ((32, 32, 24), (10.0, 10.0, 12.0)),
 }
@@ -205,18 +205,17 @@ def _render(
     label[box][inside] = 1 if finding.included else 2
 
 
+COHORT = Cohort(track=TRACK, prefix="chest", sites=vendors(SITES), age_range=(50, 80))
+
+
 def generate(
     out_dir: Path, *, n_train: int, n_test: int, seed: int, size: str = "demo"
 ) -> GeneratedTrack:
     """Write the lung-nodule track under ``out_dir`` and describe it (module docstring)."""
-    check_args(n_train, n_test, seed, size)
+    root, subjects = begin(COHORT, out_dir, n_train, n_test, seed, size)
     shape, spacing = GRIDS[size]
-    root = check_out_dir(out_dir)
     ingest_dir = root / "data"
     ref_dir = root / "reference"
-    subjects = draw_subjects(
-        seed, TRACK, "chest", n_train, n_test, {k: v[0] for k, v in SITES.items()}, (50, 80)
-    )
     images: dict[str, list[NDArray[Any]]] = {}
     labels: dict[str, NDArray[Any]] = {}
     rows: dict[bool, list[tuple[Any, ...]]] = {True: [], False: []}
@@ -263,27 +262,23 @@ def generate(
     write_csv(root / "annotations_excluded.csv", ANNOTATION_COLUMNS, rows[False])
     reference = write_csv(ref_dir / "annotations.csv", ANNOTATION_COLUMNS, test_rows[True])
     write_csv(ref_dir / "annotations_excluded.csv", ANNOTATION_COLUMNS, test_rows[False])
-    return finish(
-        GeneratedTrack(
-            track=TRACK,
-            task="detection",
-            task_config={},
-            root=root,
-            ingest_dir=ingest_dir,
-            reference=reference,
-            train_ids=tuple(s.case_id for s in subjects if not s.test),
-            test_ids=tuple(s.case_id for s in subjects if s.test),
-            files=relative_files(root),
-            channels=channels,
-            label_names={"0": "background", "1": "nodule", "2": "excluded finding"},
-            real_parts=(),
-            synthetic_parts=(
-                "chest CT (ellipsoid anatomy, straight vessels)",
-                "nodules 3-30 mm and excluded findings (spheres with partial volume)",
-                "annotations.csv / annotations_excluded.csv (the inserted spheres)",
-            ),
-            seed=seed,
-            size=size,
-            notes={"excluded_reference": str((ref_dir / "annotations_excluded.csv").name)},
-        )
+    return describe(
+        root,
+        subjects,
+        track=TRACK,
+        task="detection",
+        task_config={},
+        ingest_dir=ingest_dir,
+        reference=reference,
+        channels=channels,
+        label_names={"0": "background", "1": "nodule", "2": "excluded finding"},
+        real_parts=(),
+        synthetic_parts=(
+            "chest CT (ellipsoid anatomy, straight vessels)",
+            "nodules 3-30 mm and excluded findings (spheres with partial volume)",
+            "annotations.csv / annotations_excluded.csv (the inserted spheres)",
+        ),
+        seed=seed,
+        size=size,
+        notes={"excluded_reference": str((ref_dir / "annotations_excluded.csv").name)},
     )

@@ -42,14 +42,14 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from medarena.demo.generators.common import (
+    Cohort,
     GeneratedTrack,
+    Grids,
+    begin,
     case_rng,
-    check_args,
-    check_out_dir,
     copy_test_labels,
-    draw_subjects,
-    finish,
-    relative_files,
+    describe,
+    vendors,
     write_msd_layout,
 )
 
@@ -62,7 +62,7 @@ SITES: dict[str, tuple[str, float, float, float]] = {
     "site-B": ("GE", 8.0, 15.0, 20.0),
     "site-C": ("Philips", 10.0, 6.0, 30.0),
 }
-GRIDS: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {
+GRIDS: Grids = {
     "demo": ((64, 48, 96), (6.0, 6.0, 6.0)),
     "tiny": ((24, 18, 36), (16.0, 16.0, 16.0)),
 }
@@ -203,18 +203,17 @@ def _pet_scan(
     return fine.astype(np.float32)
 
 
+COHORT = Cohort(track=TRACK, prefix="pet", sites=vendors(SITES), age_range=(30, 85))
+
+
 def generate(
     out_dir: Path, *, n_train: int, n_test: int, seed: int, size: str = "demo"
 ) -> GeneratedTrack:
     """Write the PET/CT track under ``out_dir`` and describe it (module docstring: model)."""
-    check_args(n_train, n_test, seed, size)
+    root, subjects = begin(COHORT, out_dir, n_train, n_test, seed, size)
     shape, spacing = GRIDS[size]
-    root = check_out_dir(out_dir)
     ingest_dir = root / "data"
     ref_dir = root / "reference"
-    subjects = draw_subjects(
-        seed, TRACK, "pet", n_train, n_test, {k: v[0] for k, v in SITES.items()}, (30, 85)
-    )
     images: dict[str, list[NDArray[Any]]] = {}
     labels: dict[str, NDArray[Any]] = {}
     inserted: dict[str, list[int]] = {}
@@ -254,27 +253,23 @@ def generate(
         extra_columns=extra,
     )
     copy_test_labels(written, ref_dir)
-    return finish(
-        GeneratedTrack(
-            track=TRACK,
-            task="autopet",
-            task_config={},
-            root=root,
-            ingest_dir=ingest_dir,
-            reference=ref_dir,
-            train_ids=tuple(s.case_id for s in subjects if not s.test),
-            test_ids=tuple(s.case_id for s in subjects if s.test),
-            files=relative_files(root),
-            channels=channels,
-            label_names={"0": "background", "1": "lesion"},
-            real_parts=(),
-            synthetic_parts=(
-                "whole-body CT (ellipsoid organs)",
-                "PET: physiological uptake, lesions, PSF blur and Poisson noise",
-                "lesion masks (the inserted balls)",
-            ),
-            seed=seed,
-            size=size,
-            notes={"inserted_lesion_voxels": inserted},
-        )
+    return describe(
+        root,
+        subjects,
+        track=TRACK,
+        task="autopet",
+        task_config={},
+        ingest_dir=ingest_dir,
+        reference=ref_dir,
+        channels=channels,
+        label_names={"0": "background", "1": "lesion"},
+        real_parts=(),
+        synthetic_parts=(
+            "whole-body CT (ellipsoid organs)",
+            "PET: physiological uptake, lesions, PSF blur and Poisson noise",
+            "lesion masks (the inserted balls)",
+        ),
+        seed=seed,
+        size=size,
+        notes={"inserted_lesion_voxels": inserted},
     )
