@@ -9,7 +9,6 @@ composed YAML tree, so an organizer can go straight to the line to fix.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import markdown_it
@@ -32,6 +31,7 @@ from medarena.errors import InputError
 from medarena.evaluation.ranking import Aggregation, MissingRule, RankingConfig, Scheme
 from medarena.evaluation.results import known_metric
 from medarena.evaluation.runner import available_tasks, task_config
+from medarena.yamlerrors import YamlProblem, parse_mapping, problem_at
 
 SLUG_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Visibility = Literal["public", "private_until_close", "hidden"]
@@ -290,17 +290,8 @@ class ChallengeSpec(_Strict):
 # ---------------------------------------------------------------------------- parsing
 
 
-@dataclass(frozen=True)
-class SpecProblem:
-    """One problem of a spec: where (line, field) and what."""
-
-    line: int | None  # 1-based
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"line {self.line}" if self.line else "(no line)"
-        return f"{where}, field {self.field or '(top level)'}: {self.message}"
+# A spec's problems are YAML problems (the name stays for the spec's callers).
+SpecProblem = YamlProblem
 
 
 class SpecError(InputError):
@@ -312,71 +303,9 @@ class SpecError(InputError):
         super().__init__(f"invalid challenge spec: {listed}", path=source)
 
 
-def _field_name(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _node_at(root: yaml.Node, loc: tuple[int | str, ...]) -> tuple[yaml.Node, bool]:
-    """The deepest YAML node on ``loc``; the flag says whether the whole path was found."""
-    node = root
-    for part in loc:
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
-                    child = v
-                    break
-        elif (
-            isinstance(node, yaml.SequenceNode)
-            and isinstance(part, int)
-            and 0 <= part < len(node.value)
-        ):
-            child = node.value[part]
-        if child is None:
-            return node, False
-        node = child
-    return node, True
-
-
-def _duplicate_keys(node: yaml.Node, path: tuple[int | str, ...] = ()) -> list[SpecProblem]:
-    # yaml.safe_load keeps the last of two equal keys silently; an organizer who wrote a
-    # phase's closes twice must be told which one counts (neither: fix the file).
-    problems: list[SpecProblem] = []
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for k, v in node.value:
-            key = str(k.value)
-            if key in seen:
-                problems.append(
-                    SpecProblem(k.start_mark.line + 1, _field_name((*path, key)), "duplicate key")
-                )
-            seen.add(key)
-            problems += _duplicate_keys(v, (*path, key))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            problems += _duplicate_keys(v, (*path, i))
-    return problems
-
-
 def parse_spec(text: str, source: str = "<spec>") -> ChallengeSpec:
     """Validate YAML ``text`` into a ChallengeSpec; SpecError lists every problem by line."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise SpecError(source, [SpecProblem(line, "", f"YAML syntax: {exc.problem}")]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError(source, [SpecProblem(None, "", f"YAML: {exc}")]) from None
-    if root is None or not isinstance(data, dict):
-        raise SpecError(source, [SpecProblem(1, "", "the spec must be a YAML mapping")])
-    dups = _duplicate_keys(root)
-    if dups:
-        raise SpecError(source, dups)
+    root, data = parse_mapping(text, source, "spec", SpecError)
     try:
         return ChallengeSpec.model_validate(data)
     except ValidationError as exc:
@@ -385,11 +314,8 @@ def parse_spec(text: str, source: str = "<spec>") -> ChallengeSpec:
             loc = tuple(err["loc"])
             if err["type"] == "unknown_metric":
                 loc = (*loc, *err.get("ctx", {}).get("loc", ()))
-            node, found = _node_at(root, loc)
             msg = err["msg"].removeprefix("Value error, ")
-            if not found and err["type"] == "missing":
-                msg = f"missing (required in the mapping starting here); {msg}"
-            problems.append(SpecProblem(node.start_mark.line + 1, _field_name(loc), msg))
+            problems.append(problem_at(root, loc, msg, missing=err["type"] == "missing"))
         raise SpecError(source, problems) from None
 
 

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from medarena.challenges.spec import SpecProblem, _duplicate_keys, _field_name, _node_at
 from medarena.errors import InputError
 from medarena.lab.blocks import REGISTRY, Block, Kind, Params, TaskType, nearest
+from medarena.yamlerrors import YamlProblem, parse_mapping, problem_at
 
 
 class _Strict(BaseModel):
@@ -149,7 +149,7 @@ class Recipe(_Strict):
 class RecipeError(InputError):
     """A recipe that cannot be used; ``problems`` lists each with its line."""
 
-    def __init__(self, source: str, problems: list[SpecProblem]) -> None:
+    def __init__(self, source: str, problems: list[YamlProblem]) -> None:
         self.problems = problems
         listed = "; ".join(str(p) for p in problems)
         super().__init__(f"invalid recipe: {listed}", path=source)
@@ -223,27 +223,7 @@ def _check_blocks(recipe: Recipe) -> list[tuple[tuple[int | str, ...], str]]:
 
 def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     """Validate YAML ``text`` into a Recipe; RecipeError lists every problem by line."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise RecipeError(source, [SpecProblem(line, "", f"YAML syntax: {exc.problem}")]) from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(source, [SpecProblem(None, "", f"YAML: {exc}")]) from None
-    if root is None or not isinstance(data, dict):
-        raise RecipeError(source, [SpecProblem(1, "", "the recipe must be a YAML mapping")])
-    dups = _duplicate_keys(root)
-    if dups:
-        raise RecipeError(source, dups)
-
-    def at(loc: tuple[int | str, ...], msg: str, missing: bool = False) -> SpecProblem:
-        node, found = _node_at(root, loc)
-        if not found and missing:
-            msg = f"missing (required in the mapping starting here); {msg}"
-        return SpecProblem(node.start_mark.line + 1, _field_name(loc), msg)
-
+    root, data = parse_mapping(text, source, "recipe", RecipeError)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -257,11 +237,11 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
                 msg = err["msg"]
             else:
                 msg = f"{err['msg'].removeprefix('Value error, ')} (value {err['input']!r})"
-            problems.append(at(loc, msg, missing=err["type"] == "missing"))
+            problems.append(problem_at(root, loc, msg, missing=err["type"] == "missing"))
         raise RecipeError(source, problems) from None
     block_problems = _check_blocks(recipe)
     if block_problems:
-        raise RecipeError(source, [at(loc, msg) for loc, msg in block_problems])
+        raise RecipeError(source, [problem_at(root, loc, msg) for loc, msg in block_problems])
     return recipe
 
 
