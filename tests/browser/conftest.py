@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,41 @@ class Server:
         return _medarena(self.env, *args, stdin=stdin)
 
 
+@contextmanager
+def running_server(env: dict[str, str], data_dir: Path, log_path: Path) -> Iterator[Server]:
+    """`medarena serve --workers 1` on a free port of 127.0.0.1 over ``data_dir``, until exit."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "medarena"), "serve", "--host", "127.0.0.1", "--port", str(port), *WORKERS],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/v1/challenges", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"medarena serve did not start; see {log_path}")
+            time.sleep(0.2)
+        yield Server(url, data_dir, env)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     """Where screenshots go (git-ignored); kept after the run for CI to upload."""
@@ -130,36 +166,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterato
         "--password-stdin",
         stdin=PASSWORD + "\n",
     )
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (artifacts / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(BIN / "medarena"), "serve", "--host", "127.0.0.1", "--port", str(port), *WORKERS],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/v1/challenges", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"medarena serve did not start; see {artifacts / 'server.log'}")
-            time.sleep(0.2)
-        yield Server(url, data_dir, env)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with running_server(env, data_dir, artifacts / "server.log") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -30,11 +30,11 @@ def signup(page: Page, email: str, name: str) -> None:
     expect(page.get_by_role("link", name=name)).to_be_visible()
 
 
-def login(page: Page, email: str, name: str) -> None:
+def login(page: Page, email: str, name: str, password: str = PASSWORD) -> None:
     """Log in through the login form."""
     page.goto("/login")
     page.get_by_label("E-mail address").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("link", name=name)).to_be_visible()
 
