@@ -306,13 +306,27 @@ def blobs(data: bytes, depth: int = 0) -> Iterator[bytes]:
                     yield from blobs(fh.read(), depth + 1)
 
 
+_NUMBER = re.compile(rb"-?\d+(\.\d+)?(e[-+]?\d+)?")
+
+
+def _occurs(sentinel: bytes, blob: bytes) -> bool:
+    """Whether ``sentinel`` is in ``blob``; a number only as a whole number, not as the
+    digits of a longer one (a 4-digit rendering such as 12.34 is inside 12.3456)."""
+    if sentinel not in blob:
+        return False
+    if not _NUMBER.fullmatch(sentinel):
+        return True
+    pattern = rb"(?<![\d.])" + re.escape(sentinel) + rb"(?![\d])"
+    return re.search(pattern, blob) is not None
+
+
 def found(w: World, response: Any) -> set[str]:
     """Labels of every sentinel in the response's headers, body and nested archives."""
     sentinels = {**w.hidden.items, **w.private["A"].items, **w.private["B"].items}
     head = "\n".join(f"{k}: {v}" for k, v in response.headers.items()).encode()
-    hits = {label for s, label in sentinels.items() if s in head}
+    hits = {label for s, label in sentinels.items() if _occurs(s, head)}
     for blob in blobs(response.content):
-        hits.update(label for s, label in sentinels.items() if s in blob)
+        hits.update(label for s, label in sentinels.items() if _occurs(s, blob))
         if blob in w.hidden_pngs:
             hits.add(w.hidden_pngs[blob])
     return hits
