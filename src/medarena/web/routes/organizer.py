@@ -10,6 +10,7 @@ by medarena.challenges.organizer, the challenge service and the submissions pack
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
@@ -49,29 +50,44 @@ def _challenge(db: Session, slug: str, user: User, *, write: bool = False) -> Ch
     return ch
 
 
-def _page(
+@dataclass(frozen=True)
+class _View:
+    """One request for an organizer page of ``ch`` by ``user``: what every page renders with."""
+
+    request: Request
+    templates: TemplatesDep
+    db: Session
+    ch: Challenge
+    user: User
+
+    def page(self, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+        """Render template ``name`` with the challenge, its spec and ``context``, uncached."""
+        response = self.templates.TemplateResponse(
+            self.request,
+            name,
+            {
+                "ch": self.ch,
+                "spec": service.load_spec(self.ch),
+                "can_change": can_organize(self.db, self.user, self.ch.id),
+                **context,
+            },
+            status_code=status,
+        )
+        response.headers["Cache-Control"] = "no-store"  # other teams' standing, e-mail addresses
+        return response
+
+
+def _view(
+    slug: str,
     request: Request,
     templates: TemplatesDep,
     db: Session,
-    ch: Challenge,
     user: User,
-    name: str,
-    context: dict[str, Any],
-    status: int = 200,
-) -> HTMLResponse:
-    response = templates.TemplateResponse(
-        request,
-        name,
-        {
-            "ch": ch,
-            "spec": service.load_spec(ch),
-            "can_change": can_organize(db, user, ch.id),
-            **context,
-        },
-        status_code=status,
-    )
-    response.headers["Cache-Control"] = "no-store"  # other teams' standing, e-mail addresses
-    return response
+    *,
+    write: bool = False,
+) -> _View:
+    """The page context of challenge ``slug`` (404, or 403 unless ``user`` may see / change it)."""
+    return _View(request, templates, db, _challenge(db, slug, user, write=write), user)
 
 
 # ---------------------------------------------------------------------------- API
@@ -134,7 +150,8 @@ def api_submissions_csv(slug: str, db: DbSession, user: CurrentUser) -> Response
 def dashboard(
     slug: str, request: Request, templates: TemplatesDep, db: DbSession, user: CurrentUser
 ) -> HTMLResponse:
-    ch = _challenge(db, slug, user)
+    v = _view(slug, request, templates, db, user)
+    ch = v.ch
     spec = service.load_spec(ch)
     counts = organizer.submission_counts(db, ch.id)
     now = dt.datetime.now(dt.UTC)
@@ -148,12 +165,7 @@ def dashboard(
         }
         for p in spec.phases
     ]
-    return _page(
-        request,
-        templates,
-        db,
-        ch,
-        user,
+    return v.page(
         "organize.html",
         {
             "phases": phases,
@@ -165,26 +177,17 @@ def dashboard(
 
 
 def _participants_page(
-    request: Request,
-    templates: TemplatesDep,
-    db: Session,
-    ch: Challenge,
-    user: User,
+    v: _View,
     *,
     error: str | None = None,
     notice: str | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    return _page(
-        request,
-        templates,
-        db,
-        ch,
-        user,
+    return v.page(
         "organize_participants.html",
         {
-            "users": organizer.participants(db, ch.id),
-            "teams": organizer.team_rows(db, ch.id),
+            "users": organizer.participants(v.db, v.ch.id),
+            "teams": organizer.team_rows(v.db, v.ch.id),
             "roles": organizer.GRANTABLE_ROLES,
             "error": error,
             "notice": notice,
@@ -201,7 +204,7 @@ def _participants_page(
 def participants_page(
     slug: str, request: Request, templates: TemplatesDep, db: DbSession, user: CurrentUser
 ) -> HTMLResponse:
-    return _participants_page(request, templates, db, _challenge(db, slug, user), user)
+    return _participants_page(_view(slug, request, templates, db, user))
 
 
 @router.post(
@@ -219,7 +222,8 @@ def participants_action(
     email: Annotated[str, Form()] = "",
 ) -> Response:
     """Grant or revoke the reviewer or organizer role (audited by the service)."""
-    ch = _challenge(db, slug, user, write=True)
+    v = _view(slug, request, templates, db, user, write=True)
+    ch = v.ch
     try:
         if action not in ("grant", "revoke"):
             raise InputError("must be grant or revoke", path="action", value=action)
@@ -235,21 +239,13 @@ def participants_action(
         db.commit()
     except MedarenaError as exc:
         db.rollback()
-        return _participants_page(
-            request, templates, db, ch, user, error=str(exc), status=_status(exc)
-        )
+        return _participants_page(v, error=str(exc), status=_status(exc))
     verb = "is now" if action == "grant" else "is no longer"
-    return _participants_page(
-        request, templates, db, ch, user, notice=f"{target.display_name} {verb} {role}."
-    )
+    return _participants_page(v, notice=f"{target.display_name} {verb} {role}.")
 
 
 def _phases_page(
-    request: Request,
-    templates: TemplatesDep,
-    db: Session,
-    ch: Challenge,
-    user: User,
+    v: _View,
     *,
     error: str | None = None,
     error_phase: str | None = None,
@@ -258,7 +254,7 @@ def _phases_page(
     notice: str | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    spec = service.load_spec(ch)
+    spec = service.load_spec(v.ch)
     now = dt.datetime.now(dt.UTC)
     rows = []
     for p in spec.phases:
@@ -272,12 +268,7 @@ def _phases_page(
                 "closes": mine.get("closes", organizer.form_value(p.closes)),
             }
         )
-    return _page(
-        request,
-        templates,
-        db,
-        ch,
-        user,
+    return v.page(
         "organize_phases.html",
         {
             "rows": rows,
@@ -301,11 +292,12 @@ def phases_page(
     user: CurrentUser,
     saved: str = "",
 ) -> HTMLResponse:
-    ch = _challenge(db, slug, user)
+    v = _view(slug, request, templates, db, user)
+    ch = v.ch
     notice = None
     if saved in {p.slug for p in service.load_spec(ch).phases}:
         notice = f"Phase {saved}: new dates saved (spec revision {ch.spec_revision})."
-    return _phases_page(request, templates, db, ch, user, notice=notice)
+    return _phases_page(v, notice=notice)
 
 
 @router.post("/challenges/{slug}/organize/phases", include_in_schema=False, dependencies=_CSRF)
@@ -320,7 +312,8 @@ def phases_action(
     closes: Annotated[str, Form()],
 ) -> Response:
     """Move a phase's dates: a new spec revision through the service, audited."""
-    ch = _challenge(db, slug, user, write=True)
+    v = _view(slug, request, templates, db, user, write=True)
+    ch = v.ch
     try:
         changed = organizer.set_phase_dates(
             db, ch, phase, opens=opens, closes=closes, actor_id=user.id
@@ -330,11 +323,7 @@ def phases_action(
         db.rollback()
         path = getattr(exc, "path", None) or ""
         return _phases_page(
-            request,
-            templates,
-            db,
-            ch,
-            user,
+            v,
             error=str(exc),
             error_phase=phase,
             error_field="closes" if path.endswith("closes") else "opens",
@@ -342,36 +331,25 @@ def phases_action(
             status=_status(exc),
         )
     if not changed:
-        return _phases_page(
-            request, templates, db, ch, user, notice=f"Phase {phase}: the dates are unchanged."
-        )
+        return _phases_page(v, notice=f"Phase {phase}: the dates are unchanged.")
     return RedirectResponse(f"/challenges/{slug}/organize/phases?saved={phase}", status_code=303)
 
 
 def _rescore_page(
-    request: Request,
-    templates: TemplatesDep,
-    db: Session,
-    ch: Challenge,
-    user: User,
+    v: _View,
     *,
     queued: int | None = None,
     what: str = "",
     error: str | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    spec = service.load_spec(ch)
-    counts = organizer.submission_counts(db, ch.id)
+    spec = service.load_spec(v.ch)
+    counts = organizer.submission_counts(v.db, v.ch.id)
     phases = [
         {"phase": p, "tracks": spec.tracks_of(p), "scored": counts.get(p.slug, {}).get("scored", 0)}
         for p in spec.phases
     ]
-    return _page(
-        request,
-        templates,
-        db,
-        ch,
-        user,
+    return v.page(
         "organize_rescore.html",
         {"phases": phases, "queued": queued, "what": what, "error": error},
         status,
@@ -384,7 +362,7 @@ def _rescore_page(
 def rescore_page(
     slug: str, request: Request, templates: TemplatesDep, db: DbSession, user: CurrentUser
 ) -> HTMLResponse:
-    return _rescore_page(request, templates, db, _challenge(db, slug, user), user)
+    return _rescore_page(_view(slug, request, templates, db, user))
 
 
 @router.post("/challenges/{slug}/organize/rescore", include_in_schema=False, dependencies=_CSRF)
@@ -398,15 +376,16 @@ def rescore_action(
     track: Annotated[str, Form()] = "",
 ) -> Response:
     """Queue a re-scoring of a phase (or one track of it) and say how many jobs."""
-    ch = _challenge(db, slug, user, write=True)
+    v = _view(slug, request, templates, db, user, write=True)
+    ch = v.ch
     what = f"phase {phase}" + (f", track {track}" if track else "")
     try:
         n = submissions.rescore_phase(db, ch, phase, track_slug=track or None, actor_id=user.id)
         db.commit()
     except MedarenaError as exc:
         db.rollback()
-        return _rescore_page(request, templates, db, ch, user, error=str(exc), status=_status(exc))
-    return _rescore_page(request, templates, db, ch, user, queued=n, what=what)
+        return _rescore_page(v, error=str(exc), status=_status(exc))
+    return _rescore_page(v, queued=n, what=what)
 
 
 @router.get(
@@ -415,10 +394,10 @@ def rescore_action(
 def exports_page(
     slug: str, request: Request, templates: TemplatesDep, db: DbSession, user: CurrentUser
 ) -> HTMLResponse:
-    ch = _challenge(db, slug, user)
-    spec = service.load_spec(ch)
+    v = _view(slug, request, templates, db, user)
+    spec = service.load_spec(v.ch)
     boards = [(p, spec.tracks_of(p)) for p in spec.phases]
-    return _page(request, templates, db, ch, user, "organize_exports.html", {"boards": boards})
+    return v.page("organize_exports.html", {"boards": boards})
 
 
 @router.get(
@@ -433,18 +412,14 @@ def audit_page(
     action: str = "",
     page: Annotated[int, Query(ge=1)] = 1,
 ) -> HTMLResponse:
-    ch = _challenge(db, slug, user)
+    v = _view(slug, request, templates, db, user)
+    ch = v.ch
     size = organizer.AUDIT_PAGE_SIZE
     total, rows = organizer.audit_events(
         db, ch.id, action=action or None, limit=size, offset=(page - 1) * size
     )
     pages = max(1, -(-total // size))
-    return _page(
-        request,
-        templates,
-        db,
-        ch,
-        user,
+    return v.page(
         "organize_audit.html",
         {
             "events": rows,
