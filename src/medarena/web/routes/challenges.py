@@ -27,6 +27,7 @@ from medarena.web.deps import (
     TemplatesDep,
     verify_csrf,
 )
+from medarena.web.errors import http_status
 
 router = APIRouter()
 MAX_SPEC_BYTES = 1 << 20
@@ -39,14 +40,6 @@ _YAML_BODY = {
 }
 
 
-def _status(exc: MedarenaError) -> int:
-    if isinstance(exc, service.PermissionDenied):
-        return 403
-    if isinstance(exc, NotFoundError):
-        return 404
-    return 400
-
-
 def _http(exc: MedarenaError) -> HTTPException:
     detail: Any = str(exc)
     if isinstance(exc, SpecError):
@@ -56,7 +49,7 @@ def _http(exc: MedarenaError) -> HTTPException:
                 {"line": p.line, "field": p.field, "message": p.message} for p in exc.problems
             ],
         }
-    return HTTPException(_status(exc), detail)
+    return HTTPException(http_status(exc), detail)
 
 
 def _challenge(db: Session, slug: str) -> Challenge:
@@ -430,7 +423,7 @@ def join_form(
     except MedarenaError as exc:
         db.rollback()
         return _message(
-            request, templates, "Cannot join", str(exc), _status(exc), f"/challenges/{slug}"
+            request, templates, "Cannot join", str(exc), http_status(exc), f"/challenges/{slug}"
         )
     return RedirectResponse(f"/challenges/{slug}/team", status_code=303)
 
@@ -524,7 +517,7 @@ def team_action(
         db.commit()
     except MedarenaError as exc:
         db.rollback()
-        return _team_page(request, templates, db, ch, user, error=str(exc), status=_status(exc))
+        return _team_page(request, templates, db, ch, user, error=str(exc), status=http_status(exc))
     if link is not None:
         return _team_page(request, templates, db, ch, user, new_link=link, status=201)
     return RedirectResponse(f"/challenges/{slug}/team", status_code=303)
@@ -565,7 +558,7 @@ def invitation_accept(
         db.commit()
     except MedarenaError as exc:
         db.rollback()
-        return _message(request, templates, "Invitation", str(exc), _status(exc), "/challenges")
+        return _message(request, templates, "Invitation", str(exc), http_status(exc), "/challenges")
     assert ch is not None
     return RedirectResponse(f"/challenges/{ch.slug}/team", status_code=303)
 
@@ -623,7 +616,12 @@ async def new_submit(
     except MedarenaError as exc:
         db.rollback()
         return _edit_page(
-            request, templates, slug=None, text=text, problems=_problems(exc), status=_status(exc)
+            request,
+            templates,
+            slug=None,
+            text=text,
+            problems=_problems(exc),
+            status=http_status(exc),
         )
     return RedirectResponse(f"/challenges/{ch.slug}", status_code=303)
 
@@ -659,6 +657,11 @@ async def edit_submit(
     except MedarenaError as exc:
         db.rollback()
         return _edit_page(
-            request, templates, slug=slug, text=text, problems=_problems(exc), status=_status(exc)
+            request,
+            templates,
+            slug=slug,
+            text=text,
+            problems=_problems(exc),
+            status=http_status(exc),
         )
     return RedirectResponse(f"/challenges/{slug}", status_code=303)

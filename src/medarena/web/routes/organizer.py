@@ -23,17 +23,10 @@ from medarena.challenges import organizer, service, submissions
 from medarena.db.platform_models import Challenge, User
 from medarena.errors import InputError, MedarenaError, NotFoundError
 from medarena.web.deps import CurrentUser, DbSession, TemplatesDep, verify_csrf
+from medarena.web.errors import http_status
 
 router = APIRouter()
 _CSRF = [Depends(verify_csrf)]
-
-
-def _status(exc: MedarenaError) -> int:
-    if isinstance(exc, service.PermissionDenied):
-        return 403
-    if isinstance(exc, NotFoundError):
-        return 404
-    return 400
 
 
 def _challenge(db: Session, slug: str, user: User, *, write: bool = False) -> Challenge:
@@ -239,7 +232,7 @@ def participants_action(
         db.commit()
     except MedarenaError as exc:
         db.rollback()
-        return _participants_page(v, error=str(exc), status=_status(exc))
+        return _participants_page(v, error=str(exc), status=http_status(exc))
     verb = "is now" if action == "grant" else "is no longer"
     return _participants_page(v, notice=f"{target.display_name} {verb} {role}.")
 
@@ -328,7 +321,7 @@ def phases_action(
             error_phase=phase,
             error_field="closes" if path.endswith("closes") else "opens",
             sent={"opens": opens, "closes": closes},
-            status=_status(exc),
+            status=http_status(exc),
         )
     if not changed:
         return _phases_page(v, notice=f"Phase {phase}: the dates are unchanged.")
@@ -384,7 +377,7 @@ def rescore_action(
         db.commit()
     except MedarenaError as exc:
         db.rollback()
-        return _rescore_page(v, error=str(exc), status=_status(exc))
+        return _rescore_page(v, error=str(exc), status=http_status(exc))
     return _rescore_page(v, queued=n, what=what)
 
 
