@@ -25,8 +25,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from medarena.datasets.case_objects import NewObject, replace_objects
 from medarena.datasets.catalogue import Catalogue
-from medarena.db.models import Case, CaseObject, Dataset
+from medarena.db.models import Case, Dataset
 from medarena.errors import InputError, NotFoundError
 from medarena.storage import LocalObjectStore
 
@@ -180,21 +181,12 @@ def attach_dose_references(
             case = s.scalars(
                 select(Case).where(Case.id == cases[key].id).options(selectinload(Case.objects))
             ).one()
-            for o in list(case.objects):
-                if is_dose_role(o.role):
-                    case.objects.remove(o)
-                    s.delete(o)
-            s.flush()
-            for role, raw in objects:
-                case.objects.append(
-                    CaseObject(
-                        role=role,
-                        digest=cat.store.put_bytes(raw),
-                        size=len(raw),
-                        media_type=NIFTI_GZ_MEDIA_TYPE,
-                        name=f"{key}/{reference_file_name(role)}",
-                    )
-                )
+            new = [
+                NewObject(role, raw, NIFTI_GZ_MEDIA_TYPE, f"{key}/{reference_file_name(role)}")
+                for role, raw in objects
+            ]
+            replace_objects(s, cat.store, case, is_dose_role, new)
+            for role, _raw in objects:
                 if role.startswith(ROI_PREFIX):
                     summary.rois.add(role[len(ROI_PREFIX) :])
             summary.cases += 1

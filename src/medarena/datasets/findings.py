@@ -33,8 +33,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from medarena.datasets.case_objects import NewObject, replace_objects
 from medarena.datasets.catalogue import Catalogue
-from medarena.db.models import Case, CaseObject, Dataset
+from medarena.db.models import Case, Dataset
 from medarena.errors import InputError, NotFoundError
 from medarena.storage import LocalObjectStore
 
@@ -199,22 +200,14 @@ def attach_findings(
             .where(Case.dataset_id == ds.id, Case.case_key.in_(keys))
             .options(selectinload(Case.objects))
         ):
-            for o in list(case.objects):
-                if o.role == FINDINGS_ROLE:
-                    case.objects.remove(o)
-                    s.delete(o)
-            s.flush()
             n, e = nodules.get(case.case_key, []), excl.get(case.case_key, [])
-            raw = findings_json(n, e)
-            case.objects.append(
-                CaseObject(
-                    role=FINDINGS_ROLE,
-                    digest=cat.store.put_bytes(raw),
-                    size=len(raw),
-                    media_type=JSON_MEDIA_TYPE,
-                    name=f"{case.case_key}.findings.json",
-                )
+            new = NewObject(
+                FINDINGS_ROLE,
+                findings_json(n, e),
+                JSON_MEDIA_TYPE,
+                f"{case.case_key}.findings.json",
             )
+            replace_objects(s, cat.store, case, lambda role: role == FINDINGS_ROLE, [new])
             summary.cases += 1
             summary.nodules += len(n)
             summary.excluded += len(e)
