@@ -16,7 +16,10 @@ The handler :func:`score_submission` (job kind ``score_submission``, registered 
    are scored on that Dask cluster instead (:func:`evaluate_cases`), which needs the data
    dir's ``work`` folder on a file system the cluster's workers share;
 5. stores result.json in the object store and, in one fenced transaction that also marks
-   the job done, writes the submission's scores.
+   the job done, writes the submission's scores. A result without a value of the track's
+   primary metric (every case failed, e.g. image-to-image slices smaller than SSIM's 7x7
+   window) is never stored as "scored": the submission fails, naming the metric and the
+   cases (:class:`NoPrimaryScore`).
 
 Messages that reach the team never name the reference: a per-case failure caused by the
 reference side is replaced by a neutral text, and paths of the temporary folders are cut
@@ -43,6 +46,7 @@ from sqlalchemy.orm import Session
 
 from medarena.challenges.archives import extract_archive
 from medarena.challenges.data import subset_cases
+from medarena.challenges.models import model_file, predict_cases
 from medarena.challenges.service import find_track_phase, load_spec
 from medarena.challenges.submissions import INTERNAL_FAILURE as INTERNAL_PROBLEM
 from medarena.challenges.submissions import SCORE_JOB_KIND
@@ -210,6 +214,34 @@ def submission_scores(result: EvaluationResult) -> dict[str, float]:
     return scores
 
 
+class NoPrimaryScore(UserInputError):
+    """The evaluation gave no value of the track's primary metric: the submission fails.
+
+    A submission is never "scored" without its primary score (it could not be ranked).
+    Not retried (the same files give the same result) and, since the cause may be the
+    track's data as well as the team's files, not counted against the team's limits.
+    """
+
+
+def no_primary_reason(metric: str, result: EvaluationResult, shown: int = 10) -> str:
+    """Why ``metric`` has no value: the cases that failed or are missing, with a reason."""
+    parts = [f"{cid}: {why}" for cid, why in result.failed.items()]
+    parts += [f"{cid}: no prediction" for cid in result.missing]
+    if not parts:
+        return (
+            f"no value of the primary metric {metric!r} was computed, so this submission "
+            "has no score; the organizers must check the track's metrics"
+        )
+    more = f"; and {len(parts) - shown} more" if len(parts) > shown else ""
+    return (
+        f"no value of the primary metric {metric!r} could be computed, so this "
+        f"submission has no score ({len(parts)} case(s) failed: "
+        + "; ".join(parts[:shown])
+        + more
+        + ")"
+    )
+
+
 def score_submission(ctx: JobContext) -> dict[str, Any]:
     """Job handler: score the submission named in the payload (see the module docstring)."""
     sub_id = int(ctx.payload["submission_id"])
@@ -241,10 +273,16 @@ def score_submission(ctx: JobContext) -> dict[str, Any]:
         archive = tmp / "archive"
         store.copy_to(archive_digest, archive)
         extract_archive(archive, pred_dir)
-        prediction = _prediction_path(pred_dir, track.task)
 
         def progress(done: int, total: int) -> None:
             ctx.progress(min(1.0, done / total) if total else 1.0)
+
+        if model_file(pred_dir) is not None:  # a model: its predictions, never stored
+            prediction = predict_cases(
+                pred_dir, store, cases, track, phase.model_limits, tmp / "model-pred", progress
+            )
+        else:
+            prediction = _prediction_path(pred_dir, track.task)
 
         try:
             result = evaluate_cases(
@@ -261,8 +299,10 @@ def score_submission(ctx: JobContext) -> dict[str, Any]:
                 raise RuntimeError(f"reference problem: {exc}") from None
             raise UserInputError(msg) from None
         result = _team_safe(result, ref_dir, pred_dir)
-        digest = store.put_bytes(result.model_dump_json(indent=2).encode())
         scores = submission_scores(result)
+        if scores.get(track.primary_metric) is None:
+            raise NoPrimaryScore(no_primary_reason(track.primary_metric, result))
+        digest = store.put_bytes(result.model_dump_json(indent=2).encode())
         _set(
             ctx,
             sub_id,
@@ -281,13 +321,14 @@ def score_submission(ctx: JobContext) -> dict[str, Any]:
         return {"submission_id": sub_id, "result_digest": digest}
     except InputError as exc:
         # The participant's input: fail now (the worker records the job as failed, no retry).
+        # Without a primary score the cause may as well be the track's data: not counted.
         _set(
             ctx,
             sub_id,
             final=False,
             status="failed",
             error=str(exc),
-            counts_toward_limit=failed_runs_count,
+            counts_toward_limit=failed_runs_count and not isinstance(exc, NoPrimaryScore),
             score_revision=revision,
         )
         raise

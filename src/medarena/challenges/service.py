@@ -18,7 +18,7 @@ from medarena.accounts.audit import audit
 from medarena.accounts.errors import PermissionDenied
 from medarena.accounts.roles import can_organize, roles_of
 from medarena.challenges.spec import ChallengeSpec, Phase, Track
-from medarena.db.models import Dataset, Split, SplitAssignment
+from medarena.db.models import Case, Dataset, Split, SplitAssignment
 from medarena.db.platform_models import (
     Challenge,
     ChallengeRole,
@@ -27,6 +27,7 @@ from medarena.db.platform_models import (
     User,
 )
 from medarena.errors import InputError, NotFoundError
+from medarena.evaluation.tasks import ImageConfig
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +101,60 @@ def subset_info(session: Session, dataset: str, split: str, subset: str) -> Subs
     return SubsetInfo(int(n), subset in (sp.hidden_subsets or []))
 
 
+# Side of the window of medarena.evaluation.image.ssim (skimage's default, 7x7 pixels).
+SSIM_WINDOW = 7
+
+
+def _ssim_problem(session: Session, t: Track, subset: str) -> str | None:
+    """Why an image-to-image track cannot score ``subset``: slices smaller than SSIM's window.
+
+    The engine computes every image metric of a case together and refuses SSIM on slices
+    under 7x7 pixels, so such a case would fail on every metric (docs/metrics-tasks.md).
+    Uses the shapes the catalogue recorded at ingest; cases without one are not judged here.
+    """
+    if t.task != "image-to-image":
+        return None
+    axis = ImageConfig.model_validate(t.task_config).slice_axis
+    rows = session.execute(
+        select(Case.case_key, Case.shape)
+        .join(SplitAssignment, SplitAssignment.case_id == Case.id)
+        .join(Split, Split.id == SplitAssignment.split_id)
+        .join(Dataset, Dataset.id == Split.dataset_id)
+        .where(Dataset.name == t.dataset, Split.name == t.split, SplitAssignment.subset == subset)
+        .order_by(Case.case_key)
+    ).all()
+    small: list[str] = []
+    for key, shape in rows:
+        dims = [int(d) for d in shape or []]
+        if len(dims) == 3 and -3 <= axis < 3:
+            del dims[axis]
+        if len(dims) == 2 and min(dims) < SSIM_WINDOW:
+            small.append(f"{key} {dims[0]}x{dims[1]}")
+    if not small:
+        return None
+    shown = ", ".join(small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
+    return (
+        f"track {t.slug}: SSIM needs 2-D slices of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels "
+        f"(skimage's default window); {len(small)} case(s) of subset {subset!r} have smaller "
+        f"slices along slice_axis {axis} ({shown}), so every metric of those cases would "
+        "fail; use larger images or another task_config.slice_axis"
+    )
+
+
 def check_data(session: Session, spec: ChallengeSpec) -> list[str]:
     """Problems of the spec against the catalogue (datasets, splits, subsets); empty if none.
 
-    A training subset must not be hidden (its labels are downloadable).
+    A training subset must not be hidden (its labels are downloadable). An image-to-image
+    track's scored subsets must have slices SSIM can score (see :func:`_ssim_problem`).
     """
     problems: list[str] = []
     for t in spec.tracks:
         subsets = {t.train_subset, t.reference_subset}
+        scored = {t.reference_subset}
         for p in spec.phases:
             if p.tracks is None or t.slug in p.tracks:
                 subsets.add(p.scored_subset or t.reference_subset)
+                scored.add(p.scored_subset or t.reference_subset)
         for subset in sorted(subsets):
             try:
                 info = subset_info(session, t.dataset, t.split, subset)
@@ -125,6 +169,8 @@ def check_data(session: Session, spec: ChallengeSpec) -> list[str]:
                     f"track {t.slug}: train_subset {subset!r} is hidden in split "
                     f"{t.dataset}/{t.split}; hidden labels are never downloadable"
                 )
+            if subset in scored and (too_small := _ssim_problem(session, t, subset)):
+                problems.append(too_small)
     return problems
 
 
