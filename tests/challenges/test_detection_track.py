@@ -25,19 +25,26 @@ import nibabel as nib
 import numpy as np
 import pytest
 from sqlalchemy import select
-from track_helpers import PHASES, add_team_member, score_all, scored_result, submit_bytes
+from track_helpers import (
+    PHASES,
+    add_team_member,
+    create_challenge,
+    score_all,
+    scored_result,
+    split_dataset,
+    submit_bytes,
+)
 
-from medarena.challenges.data import plan_download, subset_cases
+from medarena.challenges.data import plan_download
 from medarena.challenges.leaderboard import build_leaderboard
 from medarena.challenges.service import PermissionDenied
 from medarena.challenges.spec import ChallengeSpec
 from medarena.challenges.submissions import SubmissionRefused, submission_detail
 from medarena.challenges.viewer import viewer_case
 from medarena.config import get_settings
-from medarena.datasets.catalogue import Catalogue, make_split, open_catalogue
+from medarena.datasets.catalogue import Catalogue, open_catalogue
 from medarena.datasets.findings import FINDINGS_ROLE, attach_findings
 from medarena.datasets.ingest import ingest
-from medarena.datasets.splits import SplitSpec
 from medarena.db.models import Case
 from medarena.db.platform_models import Challenge, Submission, User
 from medarena.errors import InputError, NotFoundError
@@ -113,22 +120,11 @@ def world(db_url: str, tmp_path: Path) -> Iterator[World]:
         ct = np.random.default_rng(i).normal(-800, 20, (8, 8, 4)).astype(np.float32)
         nib.save(nib.Nifti1Image(ct, np.eye(4)), str(src / f"lung{i}.nii.gz"))
     assert ingest(cat, src, "lung").cases_added == N
-    make_split(
-        cat, "lung", SplitSpec(name="s", ratios=(0.5, 0.25, 0.25), group_by=None, hidden=("test",))
-    )
+    split_dataset(cat, "lung")
     annotations, excluded = _annotations(tmp_path)
     summary = attach_findings(cat, "lung", annotations, excluded)
     assert (summary.cases, summary.nodules, summary.excluded) == (N, 3 * (N - 1), N)
-    spec = ChallengeSpec.model_validate(SPEC)
-    with cat.sessions() as s, s.begin():
-        ch = Challenge(slug=spec.slug, title=spec.title, spec=spec.model_dump(mode="json"))
-        s.add(ch)
-        s.flush()
-        uid = add_team_member(s, ch, "ada@example.org", "ada-team")
-        keys = {
-            sub: [c.case_key for c in subset_cases(s, "lung", "s", sub)]
-            for sub in ("train", "validation", "test")
-        }
+    uid, keys = create_challenge(cat, SPEC, "lung")
     assert [len(v) for v in keys.values()] == [2, 1, 1]
     yield World(cat, uid, annotations, excluded, keys)
     cat.close()

@@ -19,17 +19,24 @@ import nibabel as nib
 import numpy as np
 import pytest
 from sqlalchemy import select
-from track_helpers import PHASES, add_team_member, score_all, scored_result, submit_bytes
+from track_helpers import (
+    PHASES,
+    add_team_member,
+    create_challenge,
+    score_all,
+    scored_result,
+    split_dataset,
+    submit_bytes,
+)
 
-from medarena.challenges.data import plan_download, subset_cases
+from medarena.challenges.data import plan_download
 from medarena.challenges.leaderboard import build_leaderboard
 from medarena.challenges.spec import ChallengeSpec
 from medarena.challenges.submissions import SubmissionRefused
 from medarena.config import get_settings
-from medarena.datasets.catalogue import Catalogue, make_split, open_catalogue
+from medarena.datasets.catalogue import Catalogue, open_catalogue
 from medarena.datasets.dose import attach_dose_references
 from medarena.datasets.ingest import ingest
-from medarena.datasets.splits import SplitSpec
 from medarena.db.models import Case
 from medarena.db.platform_models import (
     Challenge,
@@ -113,21 +120,10 @@ def world(db_url: str, tmp_path: Path) -> World:
     cat = open_catalogue(settings)
     _write_world(tmp_path / "src", tmp_path / "refs")
     assert ingest(cat, tmp_path / "src", "hn").cases_added == N
-    make_split(
-        cat, "hn", SplitSpec(name="s", ratios=(0.5, 0.25, 0.25), group_by=None, hidden=("test",))
-    )
+    split_dataset(cat, "hn")
     summary = attach_dose_references(cat, "hn", tmp_path / "refs")
     assert (summary.cases, summary.objects, summary.rois) == (N, 4 * N, {"PTV70", "SpinalCord"})
-    spec = ChallengeSpec.model_validate(SPEC)
-    with cat.sessions() as s, s.begin():
-        ch = Challenge(slug=spec.slug, title=spec.title, spec=spec.model_dump(mode="json"))
-        s.add(ch)
-        s.flush()
-        uid = add_team_member(s, ch, "ada@example.org", "ada-team")
-        keys = {
-            sub: [c.case_key for c in subset_cases(s, "hn", "s", sub)]
-            for sub in ("train", "validation", "test")
-        }
+    uid, keys = create_challenge(cat, SPEC, "hn")
     assert [len(v) for v in keys.values()] == [2, 1, 1]
     yield World(cat, uid, tmp_path / "refs", keys)
     cat.close()

@@ -13,9 +13,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from medarena.challenges.data import subset_cases
 from medarena.challenges.scoring import HANDLERS
+from medarena.challenges.spec import ChallengeSpec
 from medarena.challenges.submissions import submit
-from medarena.datasets.catalogue import Catalogue
+from medarena.datasets.catalogue import Catalogue, make_split
+from medarena.datasets.splits import SplitSpec
 from medarena.db.platform_models import (
     Challenge,
     RulesAcceptance,
@@ -51,6 +54,31 @@ def add_team_member(s: Session, ch: Challenge, email: str, team: str) -> int:
     s.add(TeamMember(team_id=t.id, challenge_id=ch.id, user_id=u.id, is_captain=True))
     s.add(RulesAcceptance(challenge_id=ch.id, user_id=u.id, spec_revision=1))
     return u.id
+
+
+def split_dataset(cat: Catalogue, dataset: str) -> None:
+    """Split ``s`` of ``dataset``: half train, a quarter validation, a quarter hidden test."""
+    make_split(
+        cat, dataset, SplitSpec(name="s", ratios=(0.5, 0.25, 0.25), group_by=None, hidden=("test",))
+    )
+
+
+def create_challenge(
+    cat: Catalogue, spec_data: dict[str, Any], dataset: str
+) -> tuple[int, dict[str, list[str]]]:
+    """The challenge of ``spec_data`` with one team (ada's); ada's user id and the case keys
+    of each subset of split ``s`` of ``dataset``."""
+    spec = ChallengeSpec.model_validate(spec_data)
+    with cat.sessions() as s, s.begin():
+        ch = Challenge(slug=spec.slug, title=spec.title, spec=spec.model_dump(mode="json"))
+        s.add(ch)
+        s.flush()
+        uid = add_team_member(s, ch, "ada@example.org", "ada-team")
+        keys = {
+            sub: [c.case_key for c in subset_cases(s, dataset, "s", sub)]
+            for sub in ("train", "validation", "test")
+        }
+    return uid, keys
 
 
 def submit_bytes(
