@@ -23,6 +23,7 @@ from track_helpers import (
     PHASES,
     add_team_member,
     create_challenge,
+    point_cli_at,
     score_all,
     scored_result,
     split_dataset,
@@ -256,9 +257,7 @@ def test_attach_dose_command(
 
     from medarena.cli.main import app
 
-    monkeypatch.setenv("MEDARENA_DATA_DIR", str(world.cat.settings.data_dir))
-    monkeypatch.setenv("MEDARENA_DATABASE_URL", db_url)
-    monkeypatch.setenv("MEDARENA_SECRET_KEY", "k" * 48)
+    point_cli_at(monkeypatch, world.cat, db_url)
     key = world.keys["train"][0]
 
     def dose_digest() -> str:

@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy.orm import Session
 
 from medarena.challenges.data import subset_cases
@@ -79,6 +80,13 @@ def create_challenge(
             for sub in ("train", "validation", "test")
         }
     return uid, keys
+
+
+def point_cli_at(monkeypatch: pytest.MonkeyPatch, cat: Catalogue, db_url: str) -> None:
+    """Make a ``medarena`` command run in this test use ``cat``'s data folder and database."""
+    monkeypatch.setenv("MEDARENA_DATA_DIR", str(cat.settings.data_dir))
+    monkeypatch.setenv("MEDARENA_DATABASE_URL", db_url)
+    monkeypatch.setenv("MEDARENA_SECRET_KEY", "k" * 48)
 
 
 def submit_bytes(
