@@ -153,6 +153,17 @@ class Track(_Strict):
         )
 
 
+class ModelLimits(_Strict):
+    """Limits of a model submission (an ONNX file run by ONNX Runtime in the worker)."""
+
+    max_model_mb: float = Field(100, gt=0, le=10_000, description="Size of model.onnx.")
+    time_per_case_s: float = Field(60, gt=0, le=3600, description="Inference time per case.")
+    memory_mb: int = Field(4096, ge=64, le=1_000_000, description="Memory of the worker's run.")
+
+
+SubmissionKind = Literal["predictions", "model"]
+
+
 class Phase(_Strict):
     """A round of the challenge (preliminary, final ...): when, what is scored, limits."""
 
@@ -174,6 +185,12 @@ class Phase(_Strict):
     )
     max_upload_mb: float = Field(500, gt=0, le=100_000)
     best_or_latest: Literal["best", "latest"] = "best"
+    submission_kinds: list[SubmissionKind] = Field(
+        default_factory=lambda: list[SubmissionKind](["predictions"]),
+        min_length=1,
+        description="What a team may upload: predictions archives and/or ONNX models.",
+    )
+    model_limits: ModelLimits = ModelLimits()
 
     @field_validator("closes")
     @classmethod

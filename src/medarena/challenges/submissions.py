@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medarena.challenges.archives import ArchiveLimits, ExtractedFile, extract_archive
 from medarena.challenges.data import subset_cases
+from medarena.challenges.models import check_model_archive, is_model_archive
 from medarena.challenges.service import (
     PermissionDenied,
     find_track_phase,
@@ -492,8 +493,20 @@ def submit(
         upload = tmp / "upload"
         size = receive_upload(stream, upload, phase.max_upload_bytes, filename)
         files = extract_archive(upload, tmp / "files", limits=archive_limits, display_name=filename)
-        with sessions() as s:
-            problems = validate_predictions(s, target.spec, target.track, phase, files)
+        if is_model_archive(files):  # the server decides by content (challenges.models)
+            problems = (
+                check_model_archive(files, target.track, phase.model_limits)
+                if "model" in phase.submission_kinds
+                else [f"phase {phase.slug!r} does not accept model submissions (model.onnx)"]
+            )
+        elif "predictions" not in phase.submission_kinds:
+            problems = [
+                f"phase {phase.slug!r} accepts only model submissions "
+                "(an archive of model.onnx and manifest.yaml)"
+            ]
+        else:
+            with sessions() as s:
+                problems = validate_predictions(s, target.spec, target.track, phase, files)
         if problems:
             raise SubmissionRefused(filename, problems)
         digest = store.put_file(upload)

@@ -1,0 +1,251 @@
+"""Model submissions: an ONNX model + manifest scored by ONNX Runtime in a real worker.
+
+The challenge is the small brain challenge of conftest.py (its ``grade`` regression track)
+with phases that accept models: ``preliminary`` (validation subset) and ``hidden-test``
+(the hidden test subset). A tiny torch regressor is exported to ONNX; the test runs it with
+onnxruntime itself on the z-scored images, submits those values as a predictions CSV, and
+checks the model submission gets exactly the same scores. Bad models are refused at upload
+or fail in the worker with a reason naming the case or the field.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper
+from sqlalchemy import select
+from track_helpers import add_team_member, score_all, scored_result, submit_bytes
+
+from medarena.challenges.data import subset_cases
+from medarena.challenges.models import ManifestError, parse_manifest
+from medarena.challenges.spec import ChallengeSpec, SpecError, parse_spec
+from medarena.challenges.submissions import SubmissionRefused
+from medarena.datasets.catalogue import Catalogue
+from medarena.db.platform_models import Challenge, Submission
+from medarena.imaging.nifti import read_nifti
+
+SLUG = "brain-2025"
+SHAPE = (6, 5, 4)
+MANIFEST = """\
+format: 1
+inputs:
+  channels: [MR]
+  spatial_dims: 3
+  orientation: RAS
+  normalisation:
+    - block: zscore
+  size: [6, 5, 4]
+outputs:
+  kind: value
+  names: [grade]
+"""
+
+
+class _Regressor(torch.nn.Module):
+    def __init__(self, in_channels: int = 1, hidden: int = 4, nan: bool = False) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(in_channels, hidden, 1)
+        self.head = torch.nn.Linear(hidden, 1)
+        self.nan = nan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.head(torch.relu(self.conv(x)).mean(dim=(2, 3, 4)))
+        if self.nan:
+            zero = y - y
+            y = zero / zero  # 0/0: NaN on every case
+        return y
+
+
+def _export(model: torch.nn.Module, path: Path, in_channels: int = 1) -> bytes:
+    torch.manual_seed(0)
+    dummy = torch.zeros(1, in_channels, *SHAPE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (dummy,),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return path.read_bytes()
+
+
+def _zip(members: dict[str, bytes | str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _setup(cat: Catalogue, spec: ChallengeSpec) -> int:
+    data = spec.model_dump(mode="json")
+    prelim = data["phases"][0]
+    prelim.update(submission_kinds=["predictions", "model"], submissions_per_day=None)
+    data["phases"].append(
+        {
+            **prelim,
+            "slug": "hidden-test",
+            "title": "Hidden test",
+            "scored_subset": "test",
+            "submission_kinds": ["model"],
+            "model_limits": {"max_model_mb": 0.05, "time_per_case_s": 30},
+        }
+    )
+    with cat.sessions() as s, s.begin():
+        ch = Challenge(
+            slug=SLUG,
+            title=spec.title,
+            spec=ChallengeSpec.model_validate(data).model_dump(mode="json"),
+        )
+        s.add(ch)
+        s.flush()
+        return add_team_member(s, ch, "ada@example.org", "ada-team")
+
+
+def _zscored(cat: Catalogue, subset: str) -> dict[str, np.ndarray]:
+    """Each case's image z-scored over its non-zero voxels (the lab's zscore block)."""
+    out = {}
+    with cat.sessions() as s:
+        for c in subset_cases(s, "brain", "challenge", subset):
+            (obj,) = [o for o in c.objects if o.role == "image"]
+            arr = read_nifti(cat.store.path_of(obj.digest)).array.astype(np.float32)
+            nz = arr[arr != 0]
+            out[c.case_key] = ((arr - nz.mean()) / nz.std())[None].astype(np.float32)
+    return out
+
+
+def _ort_values(model: Path, images: dict[str, np.ndarray]) -> dict[str, float]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return {
+        k: float(sess.run(None, {"input": x[None]})[0].reshape(-1)[0]) for k, x in images.items()
+    }
+
+
+def _submit(cat: Catalogue, uid: int, phase: str, data: bytes, name: str = "model.zip") -> int:
+    return submit_bytes(cat, uid, SLUG, "grade", phase, data, name)
+
+
+def test_model_scores_like_predictions_of_its_outputs(
+    catalogue: Catalogue, spec: ChallengeSpec, tmp_path: Path
+) -> None:
+    uid = _setup(catalogue, spec)
+    before = set(catalogue.store.iter_digests())
+    torch.manual_seed(0)
+    onnx_bytes = _export(_Regressor(), tmp_path / "m.onnx")
+    model_zip = _zip({"model.onnx": onnx_bytes, "manifest.yaml": MANIFEST})
+    values = _ort_values(tmp_path / "m.onnx", _zscored(catalogue, "validation"))
+    csv_text = "case_id,grade\n" + "".join(f"{k},{v!r}\n" for k, v in values.items())
+    by_csv = _submit(catalogue, uid, "preliminary", _zip({"preds.csv": csv_text}), "preds.zip")
+    by_model = _submit(catalogue, uid, "preliminary", model_zip)
+    hidden = _submit(catalogue, uid, "hidden-test", model_zip)
+    assert score_all(catalogue) == 3
+    sub_csv, res_csv = scored_result(catalogue, by_csv)
+    sub_model, res_model = scored_result(catalogue, by_model)
+    assert sub_model.scores == sub_csv.scores
+    assert res_model.cases == res_csv.cases and len(res_model.cases) == len(values) == 2
+    # the hidden test subset: scored, the same value as onnxruntime's on those cases
+    sub_hidden, _ = scored_result(catalogue, hidden)
+    truth = {}
+    with catalogue.sessions() as s:
+        for c in subset_cases(s, "brain", "challenge", "test"):
+            truth[c.case_key] = float(c.labels["grade"])
+    want = _ort_values(tmp_path / "m.onnx", _zscored(catalogue, "test"))
+    mae = np.mean([abs(want[k] - truth[k]) for k in truth])
+    assert sub_hidden.primary_score == pytest.approx(mae, rel=1e-6)
+    # the store gained the two archives and the results only: no hidden predictions
+    with catalogue.sessions() as s:
+        mine = {
+            d
+            for row in s.execute(select(Submission.archive_digest, Submission.result_digest))
+            for d in row
+        }
+    assert set(catalogue.store.iter_digests()) - before == mine
+    assert not list(Path(catalogue.settings.data_dir, "work").rglob("*.csv"))
+
+
+def test_bad_models_are_refused_or_fail_with_a_reason(
+    catalogue: Catalogue, spec: ChallengeSpec, tmp_path: Path
+) -> None:
+    uid = _setup(catalogue, spec)
+    # two input channels where the manifest (and the track's images) have one
+    two = _export(_Regressor(in_channels=2), tmp_path / "two.onnx", in_channels=2)
+    with pytest.raises(SubmissionRefused) as err:
+        _submit(catalogue, uid, "preliminary", _zip({"model.onnx": two, "manifest.yaml": MANIFEST}))
+    assert "has 2 channels but manifest inputs.channels lists 1" in str(err.value)
+    # oversized: the hidden-test phase allows 0.05 MB
+    big = _export(_Regressor(hidden=20000), tmp_path / "big.onnx")
+    with pytest.raises(SubmissionRefused) as err:
+        _submit(catalogue, uid, "hidden-test", _zip({"model.onnx": big, "manifest.yaml": MANIFEST}))
+    assert "model_limits.max_model_mb of 0.05 MB" in str(err.value)
+    # broken manifest: every problem with its line and field
+    broken = MANIFEST.replace("block: zscore", "block: zscor").replace("  names: [grade]\n", "")
+    good = _export(_Regressor(), tmp_path / "good.onnx")
+    with pytest.raises(SubmissionRefused) as err:
+        _submit(catalogue, uid, "preliminary", _zip({"model.onnx": good, "manifest.yaml": broken}))
+    msg = str(err.value)
+    assert "line 7, field inputs.normalisation[0].block: 'zscor'" in msg
+    assert "field outputs.names" in msg
+    # an operator the CPU provider does not have
+    node = helper.make_node("Frobnicate", ["input"], ["output"], domain="com.example")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, *SHAPE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1])],
+    )
+    custom = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    )
+    with pytest.raises(SubmissionRefused) as err:
+        _submit(
+            catalogue,
+            uid,
+            "preliminary",
+            _zip({"model.onnx": custom.SerializeToString(), "manifest.yaml": MANIFEST}),
+        )
+    assert "ONNX Runtime's CPU provider cannot load the model" in str(err.value)
+    assert "Frobnicate" in str(err.value)
+    # the hidden phase takes models only
+    with pytest.raises(SubmissionRefused, match="accepts only model submissions"):
+        _submit(catalogue, uid, "hidden-test", _zip({"preds.csv": "case_id,grade\n"}), "p.zip")
+    # NaN outputs: accepted at upload, failed by the worker naming the case
+    nan = _export(_Regressor(nan=True), tmp_path / "nan.onnx")
+    sid = _submit(
+        catalogue, uid, "hidden-test", _zip({"model.onnx": nan, "manifest.yaml": MANIFEST})
+    )
+    score_all(catalogue)
+    with catalogue.sessions() as s:
+        sub = s.get(Submission, sid)
+        assert sub is not None and sub.status == "failed"
+        first = subset_cases(s, "brain", "challenge", "test")[0].case_key
+    assert sub.error is not None
+    assert f"case {first}: the model's output is not finite (nan)" in sub.error
+
+
+def test_phase_submission_kinds_validated_with_the_field(spec_yaml: str) -> None:
+    bad = spec_yaml.replace(
+        "    submissions_per_day: 3\n",
+        "    submissions_per_day: 3\n    submission_kinds: [weights]\n",
+    )
+    with pytest.raises(SpecError) as err:
+        parse_spec(bad)
+    assert "field phases[0].submission_kinds[0]: Input should be 'predictions' or 'model'" in str(
+        err.value
+    )
+    with pytest.raises(ManifestError) as merr:
+        parse_manifest("inputs: {channels: [MR], size: [6, 5, 4], spacing: fine}\n")
+    text = str(merr.value)
+    assert "line 1, field inputs.spacing: 'fine'" in text and "field outputs" in text
