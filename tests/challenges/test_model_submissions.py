@@ -32,6 +32,7 @@ from medarena.imaging.nifti import read_nifti
 
 SLUG = "brain-2025"
 SHAPE = (6, 5, 4)
+CLASSES = ["0", "1", "2", "3"]
 MANIFEST = """\
 format: 1
 inputs:
@@ -48,10 +49,12 @@ outputs:
 
 
 class _Regressor(torch.nn.Module):
-    def __init__(self, in_channels: int = 1, hidden: int = 4, nan: bool = False) -> None:
+    def __init__(
+        self, in_channels: int = 1, hidden: int = 4, nan: bool = False, out: int = 1
+    ) -> None:
         super().__init__()
         self.conv = torch.nn.Conv3d(in_channels, hidden, 1)
-        self.head = torch.nn.Linear(hidden, 1)
+        self.head = torch.nn.Linear(hidden, out)
         self.nan = nan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,6 +93,18 @@ def _zip(members: dict[str, bytes | str]) -> bytes:
 
 def _setup(cat: Catalogue, spec: ChallengeSpec) -> int:
     data = spec.model_dump(mode="json")
+    data["tracks"].append(
+        {
+            "slug": "grade-class",
+            "title": "Grade classification",
+            "task": "classification",
+            "task_config": {"mode": "multiclass", "label_column": "grade", "class_names": CLASSES},
+            "primary_metric": "accuracy",
+            "metrics": ["accuracy", "auc"],
+            "dataset": "brain",
+            "split": "challenge",
+        }
+    )
     prelim = data["phases"][0]
     prelim.update(submission_kinds=["predictions", "model"], submissions_per_day=None)
     data["phases"].append(
@@ -100,6 +115,14 @@ def _setup(cat: Catalogue, spec: ChallengeSpec) -> int:
             "scored_subset": "test",
             "submission_kinds": ["model"],
             "model_limits": {"max_model_mb": 0.05, "time_per_case_s": 30},
+        }
+    )
+    data["phases"].append(
+        {
+            **data["phases"][-1],
+            "slug": "tight",
+            "title": "Tight",
+            "model_limits": {"time_per_case_s": 1e-6},
         }
     )
     with cat.sessions() as s, s.begin():
@@ -125,17 +148,26 @@ def _zscored(cat: Catalogue, subset: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _ort_values(model: Path, images: dict[str, np.ndarray]) -> dict[str, float]:
+def _ort_outputs(model: Path, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    return {
-        k: float(sess.run(None, {"input": x[None]})[0].reshape(-1)[0]) for k, x in images.items()
-    }
+    return {k: sess.run(None, {"input": x[None]})[0].reshape(-1) for k, x in images.items()}
 
 
-def _submit(cat: Catalogue, uid: int, phase: str, data: bytes, name: str = "model.zip") -> int:
-    return submit_bytes(cat, uid, SLUG, "grade", phase, data, name)
+def _ort_values(model: Path, images: dict[str, np.ndarray]) -> dict[str, float]:
+    return {k: float(v[0]) for k, v in _ort_outputs(model, images).items()}
+
+
+def _submit(
+    cat: Catalogue,
+    uid: int,
+    phase: str,
+    data: bytes,
+    name: str = "model.zip",
+    track: str = "grade",
+) -> int:
+    return submit_bytes(cat, uid, SLUG, track, phase, data, name)
 
 
 def test_model_scores_like_predictions_of_its_outputs(
@@ -174,6 +206,51 @@ def test_model_scores_like_predictions_of_its_outputs(
         }
     assert set(catalogue.store.iter_digests()) - before == mine
     assert not list(Path(catalogue.settings.data_dir, "work").rglob("*.csv"))
+
+
+def test_classifier_scores_like_its_softmax_scores(
+    catalogue: Catalogue, spec: ChallengeSpec, tmp_path: Path
+) -> None:
+    uid = _setup(catalogue, spec)
+    torch.manual_seed(3)
+    onnx_bytes = _export(_Regressor(out=4, hidden=8), tmp_path / "c.onnx")
+    manifest = MANIFEST.replace("kind: value", "kind: scores\n  activation: softmax").replace(
+        "names: [grade]", "names: ['0', '1', '2', '3']"
+    )
+    logits = _ort_outputs(tmp_path / "c.onnx", _zscored(catalogue, "validation"))
+    lines = ["case_id," + ",".join(CLASSES)]
+    for k, v in logits.items():
+        e = np.exp(v.astype(np.float64) - v.max())
+        lines.append(k + "," + ",".join(repr(float(p)) for p in e / e.sum()))
+    by_csv = _submit(
+        catalogue,
+        uid,
+        "preliminary",
+        _zip({"p.csv": "\n".join(lines) + "\n"}),
+        "p.zip",
+        "grade-class",
+    )
+    by_model = _submit(
+        catalogue,
+        uid,
+        "preliminary",
+        _zip({"model.onnx": onnx_bytes, "manifest.yaml": manifest}),
+        track="grade-class",
+    )
+    # the regression manifest does not fit a classification track
+    with pytest.raises(SubmissionRefused, match="a classification track needs kind 'scores'"):
+        _submit(
+            catalogue,
+            uid,
+            "preliminary",
+            _zip({"model.onnx": onnx_bytes, "manifest.yaml": MANIFEST}),
+            track="grade-class",
+        )
+    assert score_all(catalogue) == 2
+    sub_csv, res_csv = scored_result(catalogue, by_csv)
+    sub_model, res_model = scored_result(catalogue, by_model)
+    assert sub_model.scores == sub_csv.scores and "accuracy" in sub_model.scores
+    assert res_model.cases == res_csv.cases
 
 
 def test_bad_models_are_refused_or_fail_with_a_reason(
@@ -233,6 +310,20 @@ def test_bad_models_are_refused_or_fail_with_a_reason(
         first = subset_cases(s, "brain", "challenge", "test")[0].case_key
     assert sub.error is not None
     assert f"case {first}: the model's output is not finite (nan)" in sub.error
+    # two outputs for a one-column track; and a time limit no model can meet
+    two_out = _export(_Regressor(out=2), tmp_path / "o2.onnx")
+    wrong = _submit(
+        catalogue, uid, "preliminary", _zip({"model.onnx": two_out, "manifest.yaml": MANIFEST})
+    )
+    slow = _submit(catalogue, uid, "tight", _zip({"model.onnx": good, "manifest.yaml": MANIFEST}))
+    score_all(catalogue)
+    with catalogue.sessions() as s:
+        errors = {i: s.get(Submission, i).error for i in (wrong, slow)}  # type: ignore[union-attr]
+        val = subset_cases(s, "brain", "challenge", "validation")[0].case_key
+    assert f"case {val}: output shape [1, 2]" in str(errors[wrong])
+    assert "need 1 value(s) per case" in str(errors[wrong])
+    assert f"case {first}: inference took" in str(errors[slow])
+    assert "model_limits.time_per_case_s of 1e-06 s" in str(errors[slow])
 
 
 def test_phase_submission_kinds_validated_with_the_field(spec_yaml: str) -> None:

@@ -17,7 +17,9 @@ scoring path then scores. A case over ``time_per_case_s``, a non-finite output o
 output of the wrong shape fails the submission naming the case. The predictions of hidden
 cases live only in the job's temporary folder and are never stored.
 
-Supported so far: regression tracks (one value per case, the track's ``value_column``).
+Supported so far: image-level tracks: regression (one value per case, the track's
+``value_column``), classification and multilabel (one score per class or label, optionally
+through a softmax or sigmoid). Segmentation (sliding windows) is not yet.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from medarena.yamlerrors import YamlProblem, field_name, parse_mapping, problem_
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.yaml"
-MODEL_TASKS = ("regression",)
+MODEL_TASKS = ("regression", "classification", "multilabel")
 # deterministic preprocessing blocks of the lab (medarena.lab.blocks) a manifest may name
 NORMALISATION_BLOCKS = ("ct_window", "zscore", "scale_range")
 
@@ -70,9 +72,14 @@ class Inputs(_Strict):
 
 
 class Outputs(_Strict):
-    kind: Literal["value", "argmax", "threshold"]
-    names: list[str] = Field(min_length=1, description="Columns (value) or label names.")
-    threshold: float = 0.5
+    kind: Literal["value", "scores"] = Field(
+        description="value: one number per output name (regression); scores: class or "
+        "label scores, one per name (classification, multilabel)."
+    )
+    names: list[str] = Field(min_length=1, description="The predictions CSV's columns.")
+    activation: Literal["none", "softmax", "sigmoid"] = Field(
+        "none", description="Applied to the model's output vector before it is written."
+    )
 
 
 class Manifest(_Strict):
@@ -124,6 +131,20 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def _expected_outputs(track: Track) -> tuple[str, list[str] | None]:
+    """(output kind, the CSV columns the track needs, None when any names will do)."""
+    cfg = track.task_config
+    if track.task == "regression":
+        return "value", [str(cfg.get("value_column", "value"))]
+    if track.task == "multilabel":
+        labels = cfg.get("labels")
+        return "scores", None if labels is None else [str(v) for v in labels]
+    names = cfg.get("class_names")
+    if cfg.get("mode", "binary") == "binary":
+        return "scores", ["score"] if names is None else None
+    return "scores", None if names is None else [str(v) for v in names]
+
+
 def _manifest_track_problems(m: Manifest, track: Track) -> list[str]:
     problems = []
     if track.task not in MODEL_TASKS:
@@ -132,11 +153,12 @@ def _manifest_track_problems(m: Manifest, track: Track) -> list[str]:
             f"for {', '.join(MODEL_TASKS)} tracks so far"
         )
         return problems
-    column = str(track.task_config.get("value_column", "value"))
-    if m.outputs.kind != "value" or m.outputs.names != [column]:
+    kind, names = _expected_outputs(track)
+    if m.outputs.kind != kind or (names is not None and m.outputs.names != names):
+        want = "" if names is None else f" and names {names}"
         problems.append(
-            f"{MANIFEST_FILE}: field outputs: a regression track needs kind 'value' and "
-            f"names [{column!r}] (got kind {m.outputs.kind!r}, names {m.outputs.names})"
+            f"{MANIFEST_FILE}: field outputs: a {track.task} track needs kind {kind!r}{want} "
+            f"(got kind {m.outputs.kind!r}, names {m.outputs.names})"
         )
     if len(m.inputs.size) != m.inputs.spatial_dims:
         problems.append(
@@ -144,6 +166,16 @@ def _manifest_track_problems(m: Manifest, track: Track) -> list[str]:
             f"{len(m.inputs.size)} axes but inputs.spatial_dims is {m.inputs.spatial_dims}"
         )
     return problems
+
+
+def _activate(v: np.ndarray, activation: str) -> np.ndarray:
+    v = v.astype(np.float64)
+    if activation == "softmax":
+        e = np.exp(v - v.max())
+        return np.asarray(e / e.sum())
+    if activation == "sigmoid":
+        return np.asarray(1.0 / (1.0 + np.exp(-v)))
+    return v
 
 
 def _input_problems(session: Any, m: Manifest) -> list[str]:
@@ -241,7 +273,7 @@ def _preprocess(image: np.ndarray, affine: np.ndarray, m: Manifest) -> np.ndarra
     from medarena.lab.blocks import REGISTRY, Context
 
     ndim = m.inputs.spatial_dims
-    ctx = Context("regression", ndim, len(m.inputs.channels))
+    ctx = Context("classification", ndim, len(m.inputs.channels))
     steps: list[Any] = []
     if m.inputs.orientation:
         steps.append(
@@ -323,10 +355,10 @@ def predict_cases(
         raise UserInputError(str(exc)) from None
     session = _session(model_path)
     name = session.get_inputs()[0].name
-    column = manifest.outputs.names[0]
+    columns = manifest.outputs.names
     ndim = manifest.inputs.spatial_dims
     rss_before = _peak_rss_mb()
-    rows: list[tuple[str, float]] = []
+    rows: list[list[str]] = []
     for i, case in enumerate(cases):
         image, affine = _case_image(store, case, ndim)
         if image.shape[0] != len(manifest.inputs.channels):
@@ -354,24 +386,26 @@ def predict_cases(
                 f"case {case.case_key}: inference grew the worker's memory by {grown:.0f} MB, "
                 f"above this phase's model_limits.memory_mb of {limits.memory_mb} MB"
             )
-        if out.size != 1:
+        if out.size != len(columns):
             raise UserInputError(
-                f"case {case.case_key}: output shape {list(out.shape)}; a regression model "
-                "must give one value per case (shape [1, 1])"
+                f"case {case.case_key}: output shape {list(out.shape)}; the manifest's "
+                f"outputs.names need {len(columns)} value(s) per case (shape [1, {len(columns)}])"
             )
-        value = float(out.reshape(-1)[0])
-        if not np.isfinite(value):
+        raw = out.reshape(-1)
+        if not np.all(np.isfinite(raw)):
             raise UserInputError(
-                f"case {case.case_key}: the model's output is not finite ({value}); "
+                f"case {case.case_key}: the model's output is not finite "
+                f"({', '.join(str(float(v)) for v in raw[:5])}); "
                 "NaN and infinite outputs are not scored"
             )
-        rows.append((case.case_key, value))
+        values = _activate(raw, manifest.outputs.activation)
+        rows.append([case.case_key, *(repr(float(v)) for v in values)])
         if progress is not None:
             progress(i + 1, len(cases))
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / "predictions.csv"
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["case_id", column])
-        w.writerows((k, repr(v)) for k, v in rows)
+        w.writerow(["case_id", *columns])
+        w.writerows(rows)
     return path
