@@ -10,7 +10,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medarena.demo.generators.common import case_rng, check_args, nifti_bytes, write_csv
+from medarena.demo.generators.common import (
+    Cohort,
+    begin,
+    case_rng,
+    check_args,
+    describe,
+    nifti_bytes,
+    split_ids,
+    vendors,
+    write_csv,
+)
 from medarena.errors import InputError
 
 
@@ -53,3 +63,41 @@ def test_nifti_bytes_are_stable_and_carry_the_spacing(tmp_path: Path) -> None:
     out = write_csv(tmp_path / "x.csv", ["case_id", "v"], [("b", 0.5), ("a", 1)])
     assert out.read_text() == "case_id,v\na,1\nb,0.5000\n"
     assert b"\r" not in out.read_bytes()
+
+
+def test_begin_and_describe_frame_a_generator(tmp_path: Path) -> None:
+    """begin refuses a used folder before drawing; describe lists the split and the files."""
+    cohort = Cohort("t", "ab", vendors({"s1": ("Acme", 1.0), "s2": ("Zed", 2.0)}), (40, 41))
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "old.txt").write_text("x")
+    with pytest.raises(InputError, match="out_dir"):
+        begin(cohort, used, 2, 1, 0, "tiny")
+    root, subjects = begin(cohort, tmp_path / "new", 2, 1, 0, "tiny")
+    assert [(s.case_id, s.manufacturer, s.test) for s in subjects] == [
+        ("ab-0001", "Acme", False),
+        ("ab-0002", "Zed", False),
+        ("ab-0003", "Acme", True),
+    ]
+    assert split_ids(subjects) == (("ab-0001", "ab-0002"), ("ab-0003",))
+    root.mkdir()
+    write_csv(root / "ref.csv", ("case_id",), [("ab-0003",)])
+    track = describe(
+        root,
+        subjects,
+        track="t",
+        task="regression",
+        task_config={},
+        ingest_dir=root,
+        reference=root / "ref.csv",
+        channels=("x",),
+        label_names={},
+        real_parts=(),
+        synthetic_parts=(),
+        seed=0,
+        size="tiny",
+        notes={},
+    )
+    assert (track.train_ids, track.test_ids) == (("ab-0001", "ab-0002"), ("ab-0003",))
+    assert track.files == ("ref.csv",)  # the manifest does not list itself
+    assert (root / "track.json").is_file()
