@@ -15,6 +15,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -251,6 +252,82 @@ def test_classifier_scores_like_its_softmax_scores(
     sub_model, res_model = scored_result(catalogue, by_model)
     assert sub_model.scores == sub_csv.scores and "accuracy" in sub_model.scores
     assert res_model.cases == res_csv.cases
+
+
+SEG_MANIFEST = """\
+inputs:
+  channels: [MR]
+  normalisation: [{block: zscore}]
+  patch_size: [4, 4, 4]
+  overlap: 0.5
+outputs: {kind: argmax, names: [tumour]}
+"""
+
+
+def test_segmentation_model_by_sliding_windows_scores_like_its_label_maps(
+    catalogue: Catalogue, spec: ChallengeSpec, tmp_path: Path
+) -> None:
+    uid = _setup(catalogue, spec)
+    conv = torch.nn.Conv3d(1, 2, 1)
+    with torch.no_grad():  # channel 1 wins where the z-scored intensity is above 0.5
+        conv.weight.copy_(torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1))
+        conv.bias.copy_(torch.tensor([0.0, -0.5]))
+    dummy = torch.zeros(1, 1, 4, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            conv,
+            (dummy,),
+            str(tmp_path / "s.onnx"),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}},
+            dynamo=False,
+        )
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    members: dict[str, bytes | str] = {}
+    with catalogue.sessions() as s:
+        affines = {
+            c.case_key: read_nifti(
+                catalogue.store.path_of(next(o.digest for o in c.objects if o.role == "image"))
+            ).nifti_affine()
+            for c in subset_cases(s, "brain", "challenge", "validation")
+        }
+    for key, x in _zscored(catalogue, "validation").items():
+        padded = np.zeros((1, 8, 8, 4), np.float32)  # 4x4x4 tiles; the model is pointwise
+        padded[:, :6, :5, :] = x
+        out = np.zeros((2, 8, 8, 4), np.float32)
+        for a in (0, 4):
+            for b in (0, 4):
+                tile = padded[None, :, a : a + 4, b : b + 4, :]
+                out[:, a : a + 4, b : b + 4, :] = sess.run(None, {"input": tile})[0][0]
+        lab = np.argmax(out[:, :6, :5, :], axis=0).astype(np.uint8)
+        buf = tmp_path / f"{key}.nii.gz"
+        nib.save(nib.Nifti1Image(lab, affines[key]), str(buf))
+        members[f"{key}.nii.gz"] = buf.read_bytes()
+    by_maps = _submit(catalogue, uid, "preliminary", _zip(members), "maps.zip", "seg")
+    model_zip = _zip(
+        {"model.onnx": (tmp_path / "s.onnx").read_bytes(), "manifest.yaml": SEG_MANIFEST}
+    )
+    by_model = _submit(catalogue, uid, "preliminary", model_zip, track="seg")
+    hidden = _submit(catalogue, uid, "hidden-test", model_zip, track="seg")
+    assert score_all(catalogue) == 3
+    sub_maps, res_maps = scored_result(catalogue, by_maps)
+    sub_model, res_model = scored_result(catalogue, by_model)
+    assert sub_model.scores == sub_maps.scores and res_model.cases == res_maps.cases
+    assert 0 < sub_model.primary_score < 1  # type: ignore[operator]
+    assert scored_result(catalogue, hidden)[0].primary_score is not None
+    bad = SEG_MANIFEST.replace("names: [tumour]", "names: [tumor]")
+    with pytest.raises(SubmissionRefused, match=r"\['tumor'\] are neither the track's structures"):
+        _submit(
+            catalogue,
+            uid,
+            "preliminary",
+            _zip({"model.onnx": b"x", "manifest.yaml": bad}),
+            track="seg",
+        )
 
 
 def test_bad_models_are_refused_or_fail_with_a_reason(

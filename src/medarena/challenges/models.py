@@ -42,7 +42,7 @@ from medarena.yamlerrors import YamlProblem, field_name, parse_mapping, problem_
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.yaml"
-MODEL_TASKS = ("regression", "classification", "multilabel")
+MODEL_TASKS = ("regression", "classification", "multilabel", "segmentation")
 # deterministic preprocessing blocks of the lab (medarena.lab.blocks) a manifest may name
 NORMALISATION_BLOCKS = ("ct_window", "zscore", "scale_range")
 
@@ -64,18 +64,23 @@ class Inputs(_Strict):
     orientation: str | None = Field(None, pattern=r"^[LRAPIS]{2,3}$")
     spacing: list[float] | None = Field(None, min_length=2, max_length=3)
     normalisation: list[BlockRef] = Field(default_factory=list)
-    size: list[int] = Field(
-        min_length=2, max_length=3, description="Spatial size the image is resized to."
+    size: list[int] | None = Field(
+        None, min_length=2, max_length=3, description="Image-level: the image is resized to it."
     )
-    patch_size: list[int] | None = Field(None, description="Segmentation: sliding window.")
+    patch_size: list[int] | None = Field(
+        None, min_length=2, max_length=3, description="Segmentation: the sliding window's size."
+    )
     overlap: float = Field(0.25, ge=0, lt=1)
 
 
 class Outputs(_Strict):
-    kind: Literal["value", "scores"] = Field(
+    kind: Literal["value", "scores", "argmax", "threshold"] = Field(
         description="value: one number per output name (regression); scores: class or "
-        "label scores, one per name (classification, multilabel)."
+        "label scores, one per name (classification, multilabel); argmax: segmentation, "
+        "channel 0 background and channel i the structure names[i-1]; threshold: "
+        "segmentation, one channel, >= threshold is names[0]."
     )
+    threshold: float = 0.5
     names: list[str] = Field(min_length=1, description="The predictions CSV's columns.")
     activation: Literal["none", "softmax", "sigmoid"] = Field(
         "none", description="Applied to the model's output vector before it is written."
@@ -134,6 +139,8 @@ def _session(path: Path) -> Any:
 def _expected_outputs(track: Track) -> tuple[str, list[str] | None]:
     """(output kind, the CSV columns the track needs, None when any names will do)."""
     cfg = track.task_config
+    if track.task == "segmentation":
+        return "argmax", None
     if track.task == "regression":
         return "value", [str(cfg.get("value_column", "value"))]
     if track.task == "multilabel":
@@ -154,17 +161,59 @@ def _manifest_track_problems(m: Manifest, track: Track) -> list[str]:
         )
         return problems
     kind, names = _expected_outputs(track)
+    if track.task == "segmentation":
+        return _segmentation_problems(m, track)
     if m.outputs.kind != kind or (names is not None and m.outputs.names != names):
         want = "" if names is None else f" and names {names}"
         problems.append(
             f"{MANIFEST_FILE}: field outputs: a {track.task} track needs kind {kind!r}{want} "
             f"(got kind {m.outputs.kind!r}, names {m.outputs.names})"
         )
-    if len(m.inputs.size) != m.inputs.spatial_dims:
+    if m.inputs.size is None:
+        problems.append(f"{MANIFEST_FILE}: field inputs.size: an image-level model needs it")
+    elif len(m.inputs.size) != m.inputs.spatial_dims:
         problems.append(
             f"{MANIFEST_FILE}: field inputs.size: {m.inputs.size} has "
             f"{len(m.inputs.size)} axes but inputs.spatial_dims is {m.inputs.spatial_dims}"
         )
+    return problems
+
+
+def label_values(m: Manifest, track: Track) -> dict[str, int]:
+    """Output name -> label value written in the predicted map (the track's labels)."""
+    labels = track.task_config.get("labels") or {}
+    return {n: int(labels[n]) if n in labels else int(n) for n in m.outputs.names}
+
+
+def _segmentation_problems(m: Manifest, track: Track) -> list[str]:
+    problems = []
+    if m.outputs.kind not in ("argmax", "threshold"):
+        problems.append(
+            f"{MANIFEST_FILE}: field outputs.kind: {m.outputs.kind!r}; a segmentation track "
+            "needs 'argmax' or 'threshold'"
+        )
+    if m.outputs.kind == "threshold" and len(m.outputs.names) != 1:
+        problems.append(f"{MANIFEST_FILE}: field outputs.names: threshold maps to one name")
+    labels = track.task_config.get("labels") or {}
+    bad = [n for n in m.outputs.names if n not in labels and not n.isdigit()]
+    if bad:
+        problems.append(
+            f"{MANIFEST_FILE}: field outputs.names: {bad} are neither the track's structures "
+            f"({', '.join(labels) or 'none named'}) nor label values"
+        )
+    if m.inputs.patch_size is None:
+        problems.append(f"{MANIFEST_FILE}: field inputs.patch_size: segmentation needs it")
+    elif len(m.inputs.patch_size) != m.inputs.spatial_dims:
+        problems.append(
+            f"{MANIFEST_FILE}: field inputs.patch_size: {m.inputs.patch_size} has "
+            f"{len(m.inputs.patch_size)} axes but inputs.spatial_dims is {m.inputs.spatial_dims}"
+        )
+    for field in ("orientation", "spacing", "size"):
+        if getattr(m.inputs, field) is not None:
+            problems.append(
+                f"{MANIFEST_FILE}: field inputs.{field}: not supported for segmentation yet "
+                "(predictions must stay on the case's own grid)"
+            )
     return problems
 
 
@@ -197,11 +246,12 @@ def _input_problems(session: Any, m: Manifest) -> list[str]:
             f"{MODEL_FILE}: input {inputs[0].name!r} has {channels} channels but "
             f"manifest inputs.channels lists {len(m.inputs.channels)}"
         )
-    for axis, (got, size) in enumerate(zip(shape[2:], m.inputs.size, strict=False)):
+    spatial = m.inputs.size or m.inputs.patch_size or []
+    for axis, (got, size) in enumerate(zip(shape[2:], spatial, strict=False)):
         if isinstance(got, int) and got != size:
             problems.append(
                 f"{MODEL_FILE}: input spatial axis {axis} is {got} but manifest "
-                f"inputs.size says {size}"
+                f"inputs.size / inputs.patch_size says {size}"
             )
     return problems
 
@@ -287,7 +337,8 @@ def _preprocess(image: np.ndarray, affine: np.ndarray, m: Manifest) -> np.ndarra
         )
     for ref in m.inputs.normalisation:
         steps.append(REGISTRY[ref.block].build(_params(ref.block, ref.params), ctx))
-    steps.append(Resized(keys=("image",), spatial_size=list(m.inputs.size), mode="area"))
+    if m.inputs.size is not None:
+        steps.append(Resized(keys=("image",), spatial_size=list(m.inputs.size), mode="area"))
     d: dict[str, Any] = {
         "image": MetaTensor(
             torch.from_numpy(image), affine=torch.as_tensor(affine, dtype=torch.float64)
@@ -358,6 +409,8 @@ def predict_cases(
     columns = manifest.outputs.names
     ndim = manifest.inputs.spatial_dims
     rss_before = _peak_rss_mb()
+    segmentation = track.task == "segmentation"
+    dest.mkdir(parents=True, exist_ok=True)
     rows: list[list[str]] = []
     for i, case in enumerate(cases):
         image, affine = _case_image(store, case, ndim)
@@ -369,7 +422,12 @@ def predict_cases(
         start = time.monotonic()
         x = _preprocess(image, affine, manifest)[None]
         try:
-            out = np.asarray(session.run(None, {name: x})[0])
+            if segmentation:
+                out = _sliding_window(session, name, x, manifest)
+            else:
+                out = np.asarray(session.run(None, {name: x})[0])
+        except UserInputError as exc:
+            raise UserInputError(f"case {case.case_key}: {exc}") from None
         except Exception as exc:  # ORT's own error classes
             raise UserInputError(
                 f"case {case.case_key}: ONNX Runtime failed: {_short(exc)}"
@@ -386,6 +444,11 @@ def predict_cases(
                 f"case {case.case_key}: inference grew the worker's memory by {grown:.0f} MB, "
                 f"above this phase's model_limits.memory_mb of {limits.memory_mb} MB"
             )
+        if segmentation:
+            _write_label_map(out, image.shape[1:], affine, case.case_key, manifest, track, dest)
+            if progress is not None:
+                progress(i + 1, len(cases))
+            continue
         if out.size != len(columns):
             raise UserInputError(
                 f"case {case.case_key}: output shape {list(out.shape)}; the manifest's "
@@ -402,10 +465,65 @@ def predict_cases(
         rows.append([case.case_key, *(repr(float(v)) for v in values)])
         if progress is not None:
             progress(i + 1, len(cases))
-    dest.mkdir(parents=True, exist_ok=True)
+    if segmentation:
+        return dest
     path = dest / "predictions.csv"
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["case_id", *columns])
         w.writerows(rows)
     return path
+
+
+def _sliding_window(session: Any, name: str, x: np.ndarray, m: Manifest) -> np.ndarray:
+    """MONAI's sliding-window inference with ONNX Runtime as the predictor (channels out)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    assert m.inputs.patch_size is not None
+
+    def predict(patch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(session.run(None, {name: patch.numpy()})[0]))
+
+    with torch.no_grad():
+        out = sliding_window_inference(
+            torch.from_numpy(x),
+            roi_size=list(m.inputs.patch_size),
+            sw_batch_size=1,
+            predictor=predict,
+            overlap=m.inputs.overlap,
+            mode="gaussian",
+        )
+    return np.asarray(out.numpy() if isinstance(out, torch.Tensor) else out)
+
+
+def _write_label_map(
+    out: np.ndarray,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    key: str,
+    m: Manifest,
+    track: Track,
+    dest: Path,
+) -> None:
+    """The predicted label map of one case as ``<case>.nii.gz`` on the case's grid."""
+    import nibabel as nib
+
+    want = 1 if m.outputs.kind == "threshold" else len(m.outputs.names) + 1
+    if out.ndim != len(shape) + 2 or out.shape[1] != want or tuple(out.shape[2:]) != shape:
+        raise UserInputError(
+            f"case {key}: output shape {list(out.shape)}; expected [1, {want}, "
+            f"{', '.join(map(str, shape))}] (outputs.kind {m.outputs.kind!r}, "
+            f"{len(m.outputs.names)} name(s))"
+        )
+    if not np.all(np.isfinite(out)):
+        raise UserInputError(
+            f"case {key}: the model's output holds NaN or infinite values; they are not scored"
+        )
+    values = label_values(m, track)
+    lut = np.array([0, *(values[n] for n in m.outputs.names)], dtype=np.uint8)
+    if m.outputs.kind == "threshold":
+        labels = np.where(out[0, 0] >= m.outputs.threshold, lut[1], 0).astype(np.uint8)
+    else:
+        labels = lut[np.argmax(out[0], axis=0)]
+    nib.save(nib.Nifti1Image(labels, affine), str(dest / f"{key}.nii.gz"))
