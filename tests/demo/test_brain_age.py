@@ -53,9 +53,12 @@ def test_target_is_the_age(track: GeneratedTrack) -> None:
     assert sorted(targets) == sorted(meta) == sorted((*track.train_ids, *track.test_ids))
     assert sorted(reference) == sorted(track.test_ids)  # the hidden reference: test cases only
     for cid, row in targets.items():
-        assert row["chronological_age"] == meta[cid]["age"]
         if cid in reference:
-            assert reference[cid]["value"] == meta[cid]["age"]
+            assert reference[cid]["value"] == row["chronological_age"]
+            # attributes are shown to participants: a test case's age would be its label
+            assert meta[cid]["age"] == ""
+        else:
+            assert row["chronological_age"] == meta[cid]["age"]
     # the reference scores perfectly against itself with the regression task
     out = evaluate_regression(track.reference, track.reference, RegressionConfig())
     assert out.dataset_metrics["mae"] == 0.0
@@ -68,11 +71,13 @@ def test_same_seed_same_bytes(track: GeneratedTrack, tmp_path: Path) -> None:
 def test_ingest_takes_the_track_as_is(track: GeneratedTrack, tmp_path: Path) -> None:
     records = ingest_track(track, tmp_path / "data", "brain-age")
     meta = metadata(track)
+    targets = _rows(track.ingest_dir / "targets.csv")
     assert set(records) == set(meta)
     for cid, row in records.items():
         assert [o["role"] for o in row["objects"]] == ["image"]
-        assert row["labels"] == {"chronological_age": int(meta[cid]["age"])}
-        assert row["age_years"] == int(meta[cid]["age"])
+        age = int(targets[cid]["chronological_age"])
+        assert row["labels"] == {"chronological_age": age}
+        assert row["age_years"] == (None if cid in track.test_ids else age)
         assert row["sex"] == meta[cid]["sex"]
         assert row["manufacturer"] == brain_age.SITES[row["site"]]
 

@@ -16,8 +16,9 @@ Model (docs/demo-data.md, "Brain-age regression"), for a subject of age ``a`` ye
 - Image: T1 contrast mixing CSF, GM and WM by their fractions with site-specific tissue
   values, a site-specific multiplicative bias field and Rician noise, stored as int16.
 - Target: the age (whole years), in ``targets.csv`` (column ``chronological_age``) and as
-  the ``age`` attribute in ``metadata.csv``; the test reference is ``reference.csv``
-  (``case_id,value``) for ``medarena evaluate --task regression``.
+  the ``age`` attribute in ``metadata.csv`` for training cases only (attributes are shown to
+  participants; a test case's age would be its hidden label); the test reference is
+  ``reference.csv`` (``case_id,value``) for ``medarena evaluate --task regression``.
 
 Limits: one template brain (no real inter-subject anatomy), linear-in-age atrophy from 20
 years (real trajectories are non-linear and vary by region), WM ageing and lesions are not
@@ -47,7 +48,7 @@ from medarena.demo.generators.common import (
 from medarena.demo.generators.mni import MNI_SOURCE, TissueMaps, bias_field, rician, tissue_maps
 
 TRACK = "brain_age"
-VERSION = "1"
+VERSION = "2"  # 2: no age attribute on test cases (it is their label)
 SPACING = {"demo": 3.0, "tiny": 6.0}
 AGE_RANGE = (20, 85)
 THINNING_PER_YEAR = 0.004
@@ -170,6 +171,7 @@ def generate(
         labels_file="targets.csv",
         header=("case_id", "chronological_age"),
         rows=[(s.case_id, s.age) for s in subjects],
+        age_is_target=True,
     )
     reference = write_csv(
         root / "reference.csv",

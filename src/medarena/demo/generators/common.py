@@ -230,10 +230,14 @@ def write_metadata(
     path: Path,
     subjects: Sequence[Subject],
     extra: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    age_is_target: bool = False,
 ) -> Path:
     """``metadata.csv``: the ingest attribute columns of every case, then ``extra`` columns.
 
     ``extra[case_id][column]`` become case-level labels at ingest (e.g. a nodule count).
+    With ``age_is_target`` (brain age) the age of test cases is left empty: attributes are
+    shown to participants, and a hidden case's age would be its hidden label.
     """
     extra = extra or {}
     cols = sorted({k for row in extra.values() for k in row})
@@ -244,7 +248,7 @@ def write_metadata(
             (
                 s.case_id,
                 s.sex,
-                s.age,
+                "" if age_is_target and s.test else s.age,
                 s.site,
                 s.manufacturer,
                 *(extra.get(s.case_id, {}).get(c, "") for c in cols),
@@ -359,6 +363,7 @@ def write_csv_labelled_folder(
     labels_file: str,
     header: Sequence[str],
     rows: Iterable[Sequence[Any]],
+    age_is_target: bool = False,
 ) -> Path:
     """The non-image files of an image-only folder whose case labels come from a CSV.
 
@@ -373,7 +378,7 @@ def write_csv_labelled_folder(
         subjects=subjects,
         suffix=suffix,
     )
-    write_metadata(ingest_dir / "metadata.csv", subjects)
+    write_metadata(ingest_dir / "metadata.csv", subjects, age_is_target=age_is_target)
     return write_csv(ingest_dir / labels_file, header, rows)
 
 
