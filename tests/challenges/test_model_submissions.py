@@ -330,6 +330,39 @@ def test_segmentation_model_by_sliding_windows_scores_like_its_label_maps(
         )
 
 
+LAB_RECIPE = """\
+name: brain-grade
+dataset: {name: brain, split: challenge, target: grade}
+task: {type: regression, spatial_dims: 3}
+preprocess:
+  - block: zscore
+network:
+  block: densenet
+  params: {init_features: 4, growth_rate: 4, block_config: [1, 1]}
+loss: {block: l1}
+trainer: {epochs: 1, batch_size: 3, patch_size: [8, 8, 8]}
+"""
+
+
+def test_a_lab_run_exported_model_scores_its_validation_mae(
+    catalogue: Catalogue, spec: ChallengeSpec, tmp_path: Path
+) -> None:
+    from medarena.lab.recipe import parse_recipe
+    from medarena.lab.trainer import train
+
+    uid = _setup(catalogue, spec)
+    result = train(parse_recipe(LAB_RECIPE), catalogue, tmp_path / "run")
+    manifest = MANIFEST.replace("size: [6, 5, 4]", "size: [8, 8, 8]")
+    onnx_bytes = (tmp_path / "run" / "model.onnx").read_bytes()
+    sid = _submit(
+        catalogue, uid, "preliminary", _zip({"model.onnx": onnx_bytes, "manifest.yaml": manifest})
+    )
+    assert score_all(catalogue) == 1
+    sub, _ = scored_result(catalogue, sid)
+    # the lab validated on the same (validation) cases with the same blocks, in PyTorch
+    assert sub.primary_score == pytest.approx(result.metrics["mae"], abs=1e-5)
+
+
 def test_bad_models_are_refused_or_fail_with_a_reason(
     catalogue: Catalogue, spec: ChallengeSpec, tmp_path: Path
 ) -> None:
