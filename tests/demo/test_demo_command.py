@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ from medarena.cli.main import app
 from medarena.config import get_settings
 from medarena.datasets.catalogue import open_catalogue
 from medarena.db import models, platform_models
+from medarena.demo.lab_models import LAB_TEAM, recipe_name
 from medarena.demo.runner import CHALLENGE_SLUG, ORGANIZER, TEAMS, cache_dir, parse_tracks
 from medarena.errors import InputError
+from medarena.lab.registry import get_model, list_models
 
 TRACKS = "brain_age,dose,lung_nodules"
 SLUGS = ("brain-age", "dose", "lung-nodules")
@@ -57,8 +60,10 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
     assert first.exit_code == 0, first.output
     out = " ".join(first.output.split())
     passwords = dict(re.findall(r"(\S+@demo\.medarena\.example) password (\S+)", out))
-    assert set(passwords) == {ORGANIZER[0], *(e for _t, e, _d in TEAMS)}
-    assert "12 submission(s) added" in out  # 3 tracks x 2 teams x 2 phases
+    assert set(passwords) == {ORGANIZER[0], LAB_TEAM[1], *(e for _t, e, _d in TEAMS)}
+    # 3 tracks x 2 teams x 2 phases, and Team Lab's model on brain age in both phases
+    assert "14 submission(s) added" in out
+    assert f"lab model {recipe_name('brain_age')}:1 trained" in out
     assert "MNI152" in out  # the real part of brain age is said
 
     # data cached by seed and version
@@ -80,12 +85,28 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
             assert "synthetic" in spec.rules and "MNI152" in spec.rules
             subs = s.scalars(select(platform_models.Submission)).all()
             assert {x.status for x in subs} == {"scored"}, [(x.track_slug, x.error) for x in subs]
+            assert all(p.submission_kinds == ["predictions", "model"] for p in spec.phases)
             for phase in ("preliminary", "final"):
                 for slug in SLUGS:
                     board = build_leaderboard(s, cat.store, spec, ch.id, phase, slug)
-                    assert sorted(r.team for r in board.rows) == sorted(t for t, _e, _d in TEAMS)
+                    teams = [t for t, _e, _d in TEAMS] + [LAB_TEAM[0]] * (slug == "brain-age")
+                    assert sorted(r.team for r in board.rows) == sorted(teams)
                     assert sorted(r.rank for r in board.rows)[0] == 1
                     assert all(r.primary is not None for r in board.rows)
+            # Team Lab's submissions are model archives, scored by the worker from the ONNX
+            lab = s.scalars(
+                select(platform_models.Submission)
+                .join(platform_models.Team)
+                .where(platform_models.Team.name == LAB_TEAM[0])
+            ).all()
+            assert sorted((x.track_slug, x.phase_slug) for x in lab) == [
+                ("brain-age", "final"),
+                ("brain-age", "preliminary"),
+            ]
+            for x in lab:
+                assert x.status == "scored" and x.primary_score is not None
+                with zipfile.ZipFile(cat.store.path_of(x.archive_digest)) as zf:
+                    assert sorted(zf.namelist()) == ["manifest.yaml", "model.onnx"]
             # the hidden test subset is the generator's test cases, and hidden
             split = s.scalars(
                 select(models.Split)
@@ -122,6 +143,10 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
             ref = plan_download(s, ch, organizer, "reference", "dose", "final")
             assert {e.name for e in ref.entries} == {f"labels/{k}.nii.gz" for k in hidden}
             s.rollback()  # the organizer's hidden read is audited; not kept by this test
+        # the lab trained it on the demo's split and registered it, with its ONNX export
+        model = get_model(cat, f"{recipe_name('brain_age')}:1")
+        assert (model.dataset, model.split, model.task) == ("demo-brain-age", "demo", "regression")
+        assert model.onnx_digest is not None and "mae" in model.metrics
     finally:
         cat.close()
 
@@ -132,6 +157,12 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
     assert "0 track(s) generated, 0 ingested, 0 submission(s) added, 0 scoring job(s) run" in out2
     assert "password" in out2 and not re.search(r"password \S{16}", out2)
     assert _counts(data_dir) == before
+    assert "lab model" not in out2  # nothing trained again
+    cat = open_catalogue(get_settings(), migrate=False)
+    try:
+        assert [m.ref for m in list_models(cat)] == [f"{recipe_name('brain_age')}:1"]
+    finally:
+        cat.close()
 
     # another seed or size in the same data dir is refused before anything is generated
     other = runner.invoke(app, [*args[:-1], "4"])
@@ -170,9 +201,10 @@ def test_demo_adds_a_track_to_an_existing_demo() -> None:
             assert [t.slug for t in spec.tracks] == ["dose", "brain-age"]
             assert "Radiotherapy dose" in spec.rules and "Brain-age" in spec.rules
             subs = s.scalars(select(platform_models.Submission)).all()
-            assert len(subs) == 8 and {x.status for x in subs} == {"scored"}
-            for slug in ("dose", "brain-age"):
+            # 2 teams x 2 tracks x 2 phases, and Team Lab's brain-age model in both phases
+            assert len(subs) == 10 and {x.status for x in subs} == {"scored"}
+            for slug, teams in (("dose", 2), ("brain-age", 3)):
                 board = build_leaderboard(s, cat.store, spec, ch.id, "preliminary", slug)
-                assert len(board.rows) == 2
+                assert len(board.rows) == teams
     finally:
         cat.close()

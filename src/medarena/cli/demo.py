@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         datasets, accounts, the challenge and submissions are kept.
         """
         from medarena.datasets.catalogue import open_catalogue
+        from medarena.demo.lab_models import LAB_TEAM
         from medarena.demo.runner import (
             CHALLENGE_SLUG,
             ORGANIZER,
@@ -68,6 +69,12 @@ def register(app: typer.Typer) -> None:
                 )
                 for name, reason in SKIPPED_TRACKS.items():
                     console.print(f"[yellow]not included:[/] {name}: {reason}", highlight=False)
+                for ref in report.lab_models:
+                    console.print(
+                        f"lab model {ref} trained, registered and submitted as ONNX "
+                        f"(medarena lab models show {ref})",
+                        highlight=False,
+                    )
                 for line in report.failed:
                     console.print(f"[red]failed submission:[/] {line}", highlight=False)
                 console.print("\n[bold]What is real and what is synthetic[/]")
@@ -77,7 +84,7 @@ def register(app: typer.Typer) -> None:
                 host, bind_port = "127.0.0.1", port or settings.port
                 base = f"http://{host}:{bind_port}"
                 console.print("\n[bold]Accounts[/]")
-                who = [(ORGANIZER[0], "organizer")] + [(e, t) for t, e, _d in TEAMS]
+                who = [(ORGANIZER[0], "organizer")] + [(e, t) for t, e, _d in (*TEAMS, LAB_TEAM)]
                 for email, role in who:
                     password = report.accounts.get(email)
                     shown = (

@@ -9,13 +9,16 @@ Steps, each skipped when its result is already there (so a second run changes no
    ``train``. Table tasks get the test cases' labels from the generator's hidden reference;
    dose tracks get their reference objects through
    :func:`medarena.datasets.dose.attach_dose_references`, detection tracks their findings;
-2. an organizer and two participant teams (fixed demo e-mails, random passwords returned
+2. an organizer and three participant teams (fixed demo e-mails, random passwords returned
    once, stored argon2-hashed by :mod:`medarena.accounts`);
 3. the challenge ``demo`` with one track per dataset and two phases (``preliminary``, a
    public board on the validation subset; ``final``, the hidden test subset, its board
    private until close);
 4. classical baselines of both teams per track and phase, uploaded as real archives through
-   :func:`medarena.challenges.submissions.submit` and scored by an in-process job worker.
+   :func:`medarena.challenges.submissions.submit` and scored by an in-process job worker;
+   for the tracks of :data:`medarena.demo.lab_models.LAB_PLANS`, Team Lab's model: a lab
+   recipe trained on the train subset, registered, exported to ONNX and submitted as a
+   model archive (phases accept ``predictions`` and ``model``).
 
 The lung-nodule track's nodules and excluded findings are stored as each case's findings
 object (:func:`medarena.datasets.findings.attach_findings`), the detection reference.
@@ -61,6 +64,7 @@ from medarena.datasets.ingest import IngestOptions, ingest
 from medarena.db.models import Case, Dataset, Split, SplitAssignment
 from medarena.db.platform_models import Challenge, Job, Submission, Team, User
 from medarena.demo.generators.common import GeneratedTrack
+from medarena.demo.lab_models import LAB_PLANS, LAB_TEAM, manifest_yaml, train_lab_model
 from medarena.errors import InputError
 from medarena.jobs.worker import Worker
 
@@ -152,6 +156,7 @@ class DemoReport:
     submitted: int = 0
     jobs_run: int = 0
     failed: list[str] = field(default_factory=list)
+    lab_models: list[str] = field(default_factory=list)  # registry refs trained this run
     real_parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
@@ -407,6 +412,7 @@ def challenge_spec(gens: Sequence[GeneratedTrack]) -> ChallengeSpec:
                 "leaderboard": "public",
                 "submissions_per_day": 20,
                 "best_or_latest": "best",
+                "submission_kinds": ["predictions", "model"],
             },
             {
                 "slug": "final",
@@ -419,6 +425,7 @@ def challenge_spec(gens: Sequence[GeneratedTrack]) -> ChallengeSpec:
                 "submissions_total": 5,
                 "requires_phase": "preliminary",
                 "best_or_latest": "latest",
+                "submission_kinds": ["predictions", "model"],
             },
         ],
     }
@@ -426,10 +433,10 @@ def challenge_spec(gens: Sequence[GeneratedTrack]) -> ChallengeSpec:
 
 
 def ensure_accounts(cat: Catalogue, report: DemoReport) -> dict[str, int]:
-    """The organizer and the two captains: created once; e-mail -> user id."""
+    """The organizer and the three captains: created once; e-mail -> user id."""
     ids: dict[str, int] = {}
     with cat.sessions() as s, s.begin():
-        for email, display in (ORGANIZER, *((e, d) for _t, e, d in TEAMS)):
+        for email, display in (ORGANIZER, *((e, d) for _t, e, d in (*TEAMS, LAB_TEAM))):
             user = get_user_by_email(s, email)
             if user is None:
                 password = secrets.token_urlsafe(12)
@@ -461,7 +468,7 @@ def ensure_challenge(
                 report.challenge_updated = True
     with cat.sessions() as s, s.begin():
         ch = get_challenge(s, CHALLENGE_SLUG)
-        for team_name, email, _display in TEAMS:
+        for team_name, email, _display in (*TEAMS, LAB_TEAM):
             user = s.get(User, ids[email])
             assert user is not None
             join_challenge(s, ch, user)
@@ -717,6 +724,47 @@ def submit_baselines(
             report.submitted += 1
 
 
+def submit_lab_models(
+    cat: Catalogue,
+    gens: Sequence[GeneratedTrack],
+    ids: Mapping[str, int],
+    phase: str,
+    report: DemoReport,
+) -> None:
+    """Team Lab's model archives: a lab recipe trained on the track's train subset, registered
+    and exported to ONNX (:mod:`medarena.demo.lab_models`), uploaded once per phase."""
+    work = Path(cat.settings.data_dir) / "work"
+    team_name, email, _d = LAB_TEAM
+    for gen in gens:
+        plan = TRACKS[gen.track]
+        if gen.track not in LAB_PLANS or _has_submission(cat, team_name, plan.slug, phase):
+            continue
+        cfg = dict(plan.task_config or gen.task_config)
+        names = (
+            [str(v) for v in cfg["labels"]]
+            if gen.task == "multilabel"
+            else [str(cfg.get("value_column", "value"))]
+        )
+        target = names[0] if gen.task == "regression" else None
+        onnx_bytes, ref = train_lab_model(cat, gen, dataset_name(gen.track), SPLIT, target)
+        if ref not in report.lab_models:
+            report.lab_models.append(ref)
+        manifest = manifest_yaml(gen, names).encode()
+        data = _archive({"model.onnx": onnx_bytes, "manifest.yaml": manifest})
+        submit(
+            cat.sessions,
+            cat.store,
+            challenge_slug=CHALLENGE_SLUG,
+            track_slug=plan.slug,
+            phase_slug=phase,
+            user_id=ids[email],
+            stream=io.BytesIO(data),
+            filename=f"{plan.slug}-{phase}-lab-model.zip",
+            work_dir=work,
+        )
+        report.submitted += 1
+
+
 def pending_jobs(cat: Catalogue) -> int:
     with cat.sessions() as s:
         return int(
@@ -804,6 +852,7 @@ def run_demo(
     ensure_challenge(cat, gens, ids, report)
     for phase in ("preliminary", "final"):
         submit_baselines(cat, gens, ids, phase, report)
+        submit_lab_models(cat, gens, ids, phase, report)
         run_worker(cat, prog, report)
     report.failed = failed_submissions(cat)
     return report

@@ -1,0 +1,139 @@
+"""The demo's lab-trained baselines: a small network per track, trained, registered, submitted.
+
+For the tracks in :data:`LAB_PLANS`, team "Team Lab" submits a model archive (``model.onnx``
++ ``manifest.yaml``) instead of predictions. The model comes from a lab recipe built here
+from the lab's blocks, trained by :func:`medarena.lab.trainer.train` on the track's
+``train`` subset (validated on ``validation``) within a time budget, registered in the
+model registry and exported to ONNX by the lab; the manifest repeats the recipe's
+preprocessing so that the worker feeds the model what it was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medarena.datasets.catalogue import Catalogue
+from medarena.demo.generators.common import GeneratedTrack
+
+LAB_TEAM = ("Team Lab", "lab@demo.medarena.example", "Lab captain")
+
+# seconds of training per model (2 CPU cores): the run stops after the step that passes it
+TIME_BUDGET_S = {"demo": 20.0, "tiny": 3.0}
+EPOCHS = {"demo": 40, "tiny": 4}
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    """One track's lab baseline: network, loss, normalisation and input size."""
+
+    track: str
+    network: Mapping[str, Any]
+    loss: str
+    normalisation: str
+    size: Mapping[str, tuple[int, ...]]  # demo size -> the network's input size
+
+
+LAB_PLANS: dict[str, LabPlan] = {
+    p.track: p
+    for p in (
+        LabPlan(
+            "brain_age",
+            {
+                "block": "densenet",
+                "params": {"init_features": 8, "growth_rate": 8, "block_config": [2, 2]},
+            },
+            "l1",
+            "zscore",
+            {"demo": (32, 32, 32), "tiny": (16, 16, 16)},
+        ),
+        LabPlan(
+            "fundus",
+            {
+                "block": "densenet",
+                "params": {"init_features": 8, "growth_rate": 8, "block_config": [2, 2]},
+            },
+            "bce",
+            "scale_range",
+            {"demo": (64, 64), "tiny": (32, 32)},
+        ),
+    )
+}
+
+
+def recipe_name(track: str) -> str:
+    return f"demo-{track.replace('_', '-')}-lab"
+
+
+def recipe_yaml(gen: GeneratedTrack, dataset: str, split: str, target: str | None) -> str:
+    """The lab recipe of ``gen``'s track (a file a person can read and edit)."""
+    plan = LAB_PLANS[gen.track]
+    size = list(plan.size[gen.size])
+    task: dict[str, Any] = {
+        "type": gen.task,
+        "spatial_dims": len(size),
+        "in_channels": len(gen.channels) if gen.task != "multilabel" else 3,
+    }
+    ds: dict[str, Any] = {"name": dataset, "split": split}
+    if gen.task == "multilabel":
+        ds["targets"] = list(gen.task_config["labels"])
+    else:
+        ds["target"] = target
+    recipe = {
+        "name": recipe_name(gen.track),
+        "description": f"medarena demo: Team Lab's baseline for the {gen.track} track "
+        "(synthetic data; not for clinical use).",
+        "dataset": ds,
+        "task": task,
+        "preprocess": [{"block": plan.normalisation}],
+        "network": dict(plan.network),
+        "loss": {"block": plan.loss},
+        "optimizer": {"block": "adam", "params": {"lr": 0.01}},
+        "trainer": {
+            "epochs": EPOCHS[gen.size],
+            "time_budget_s": TIME_BUDGET_S[gen.size],
+            "batch_size": 4,
+            "patch_size": size,
+            "seed": gen.seed,
+            "device": "cpu",
+        },
+    }
+    return yaml.safe_dump(recipe, sort_keys=False)
+
+
+def manifest_yaml(gen: GeneratedTrack, names: list[str]) -> str:
+    """The archive's manifest: the recipe's preprocessing and the track's output names."""
+    plan = LAB_PLANS[gen.track]
+    size = list(plan.size[gen.size])
+    channels = ["R", "G", "B"] if gen.task == "multilabel" else list(gen.channels)
+    outputs: dict[str, Any] = {"kind": "value", "names": names}
+    if gen.task == "multilabel":
+        outputs = {"kind": "scores", "activation": "sigmoid", "names": names}
+    manifest = {
+        "format": 1,
+        "inputs": {
+            "channels": channels,
+            "spatial_dims": len(size),
+            "normalisation": [{"block": plan.normalisation}],
+            "size": size,
+        },
+        "outputs": outputs,
+    }
+    return yaml.safe_dump(manifest, sort_keys=False)
+
+
+def train_lab_model(
+    cat: Catalogue, gen: GeneratedTrack, dataset: str, split: str, target: str | None
+) -> tuple[bytes, str]:
+    """Train (or find the finished run of) the track's recipe; (ONNX bytes, registry ref)."""
+    from medarena.lab.recipe import parse_recipe
+    from medarena.lab.trainer import train
+
+    out = Path(cat.settings.data_dir) / "demo-lab" / f"{gen.track}-seed{gen.seed}-{gen.size}"
+    recipe = parse_recipe(recipe_yaml(gen, dataset, split, target), f"demo {gen.track} recipe")
+    result = train(recipe, cat, out)
+    return (out / "model.onnx").read_bytes(), str(result.model)
