@@ -189,7 +189,7 @@ def test_demo_adds_a_track_to_an_existing_demo() -> None:
     runner = CliRunner()
     base = ["demo", "--size", "tiny", "--no-serve", "--seed", "5"]
     assert runner.invoke(app, [*base, "--tracks", "dose"]).exit_code == 0
-    res = runner.invoke(app, [*base, "--tracks", "brain_age"])
+    res = runner.invoke(app, [*base, "--tracks", "fundus"])
     assert res.exit_code == 0, res.output
     assert "challenge updated" in " ".join(res.output.split())
     cat = open_catalogue(get_settings(), migrate=False)
@@ -198,13 +198,16 @@ def test_demo_adds_a_track_to_an_existing_demo() -> None:
             ch = get_challenge(s, CHALLENGE_SLUG)
             spec = load_spec(ch)
             # the earlier track stays first; the rules describe both tracks
-            assert [t.slug for t in spec.tracks] == ["dose", "brain-age"]
-            assert "Radiotherapy dose" in spec.rules and "Brain-age" in spec.rules
+            assert [t.slug for t in spec.tracks] == ["dose", "fundus"]
+            assert "Radiotherapy dose" in spec.rules and "Fundus" in spec.rules
             subs = s.scalars(select(platform_models.Submission)).all()
-            # 2 teams x 2 tracks x 2 phases, and Team Lab's brain-age model in both phases
+            # 2 teams x 2 tracks x 2 phases, and Team Lab's fundus model (multilabel) in both phases
             assert len(subs) == 10 and {x.status for x in subs} == {"scored"}
-            for slug, teams in (("dose", 2), ("brain-age", 3)):
+            for slug, teams in (("dose", 2), ("fundus", 3)):
                 board = build_leaderboard(s, cat.store, spec, ch.id, "preliminary", slug)
                 assert len(board.rows) == teams
+                assert all(r.primary is not None for r in board.rows)
+        model = get_model(cat, f"{recipe_name('fundus')}:1")
+        assert (model.dataset, model.task) == ("demo-fundus", "multilabel")
     finally:
         cat.close()
