@@ -188,6 +188,7 @@ def test_model_scores_like_predictions_of_its_outputs(
     sub_csv, res_csv = scored_result(catalogue, by_csv)
     sub_model, res_model = scored_result(catalogue, by_model)
     assert sub_model.scores == sub_csv.scores
+    assert (sub_model.kind, sub_csv.kind) == ("model", "predictions")
     assert res_model.cases == res_csv.cases and len(res_model.cases) == len(values) == 2
     # the hidden test subset: scored, the same value as onnxruntime's on those cases
     sub_hidden, _ = scored_result(catalogue, hidden)

@@ -493,7 +493,8 @@ def submit(
         upload = tmp / "upload"
         size = receive_upload(stream, upload, phase.max_upload_bytes, filename)
         files = extract_archive(upload, tmp / "files", limits=archive_limits, display_name=filename)
-        if is_model_archive(files):  # the server decides by content (challenges.models)
+        kind = "model" if is_model_archive(files) else "predictions"
+        if kind == "model":  # the server decides by content (challenges.models)
             problems = (
                 check_model_archive(files, target.track, phase.model_limits)
                 if "model" in phase.submission_kinds
@@ -512,7 +513,7 @@ def submit(
         digest = store.put_file(upload)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return insert_submission(sessions, target, user_id, filename, digest, size, now)
+    return insert_submission(sessions, target, user_id, filename, digest, size, now, kind=kind)
 
 
 def insert_submission(
@@ -523,6 +524,8 @@ def insert_submission(
     digest: str,
     size: int,
     now: dt.datetime | None = None,
+    *,
+    kind: str = "predictions",
 ) -> Submission:
     """Take a slot and queue scoring, atomically: count and insert under the team lock.
 
@@ -550,6 +553,7 @@ def insert_submission(
             filename=filename,
             archive_digest=digest,
             archive_size=size,
+            kind=kind,
             status="queued",
             progress=0.0,
             counts_toward_limit=True,
