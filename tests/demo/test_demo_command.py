@@ -65,6 +65,8 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
     assert "14 submission(s) added" in out
     assert f"lab model {recipe_name('brain_age')}:1 trained" in out
     assert "MNI152" in out  # the real part of brain age is said
+    # where to look: the leaderboard pages a new user opens
+    assert "/challenges/demo/leaderboard/preliminary/brain-age" in first.output
 
     # data cached by seed and version
     for track in TRACKS.split(","):

@@ -94,13 +94,18 @@ def register(app: typer.Typer) -> None:
                     )
                     console.print(f"  {role}: {email}  {shown}", highlight=False)
                 console.print("\n[bold]Where to look[/]")
-                console.print(f"  challenge: {base}/challenges/{CHALLENGE_SLUG}", highlight=False)
+                console.print(
+                    f"  challenge: {base}/challenges/{CHALLENGE_SLUG}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
                 for name in report.tracks:
                     slug = TRACKS[name].slug
                     console.print(
-                        f"  {slug}: {base}/api/v1/challenges/{CHALLENGE_SLUG}/leaderboards/"
+                        f"  {slug} leaderboard: {base}/challenges/{CHALLENGE_SLUG}/leaderboard/"
                         f"preliminary/{slug}",
                         highlight=False,
+                        soft_wrap=True,  # a URL stays whole, for copying
                     )
                 console.print(
                     "  the final boards are private until the phase closes "
