@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -23,6 +24,7 @@ from medarena.demo.lab_models import LAB_TEAM, recipe_name
 from medarena.demo.runner import CHALLENGE_SLUG, ORGANIZER, TEAMS, cache_dir, parse_tracks
 from medarena.errors import InputError
 from medarena.lab.registry import get_model, list_models
+from medarena.web.app import create_app
 
 TRACKS = "brain_age,dose,lung_nodules"
 SLUGS = ("brain-age", "dose", "lung-nodules")
@@ -145,6 +147,16 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
             ref = plan_download(s, ch, organizer, "reference", "dose", "final")
             assert {e.name for e in ref.entries} == {f"labels/{k}.nii.gz" for k in hidden}
             s.rollback()  # the organizer's hidden read is audited; not kept by this test
+        # wherever the data is shown, it says what is real and what is synthetic
+        page = TestClient(create_app(cat.settings, cat)).get("/datasets/demo-brain-age").text
+        assert "Real: MNI152" in page and "Synthetic:" in page
+        # ... and a hidden case's age (its label in this track) is not among its attributes
+        cases = TestClient(create_app(cat.settings, cat)).get(
+            "/api/v1/datasets/demo-brain-age/cases"
+        )
+        hidden_cases = [c for c in cases.json() if c["hidden"]]
+        assert len(hidden_cases) == 4
+        assert all(c["age_years"] is None and not c["labels"] for c in hidden_cases)
         # the lab trained it on the demo's split and registered it, with its ONNX export
         model = get_model(cat, f"{recipe_name('brain_age')}:1")
         assert (model.dataset, model.split, model.task) == ("demo-brain-age", "demo", "regression")

@@ -260,12 +260,24 @@ def check_existing(cat: Catalogue, names: Sequence[str], seed: int, size: str) -
             )
 
 
+def describe_data(gen: GeneratedTrack) -> str:
+    """What is real and what is synthetic in a track's data: the dataset's description."""
+    real = "; ".join(gen.real_parts) or "nothing (all synthetic)"
+    synthetic = "; ".join(gen.synthetic_parts) or "nothing"
+    return (
+        f"medarena demo data (seed {gen.seed}, {gen.size} size). Real: {real}. "
+        f"Synthetic: {synthetic}. See docs/demo-data.md."
+    )
+
+
 def ingest_track(cat: Catalogue, gen: GeneratedTrack, progress: ProgressFn) -> bool:
     """Ingest, attach references and split one track; False when its split already exists."""
     name = dataset_name(gen.track)
     if _existing_split(cat, name) is not None:
         return False
-    summary = ingest(cat, gen.ingest_dir, name, progress=progress)
+    summary = ingest(
+        cat, gen.ingest_dir, name, IngestOptions(description=describe_data(gen)), progress=progress
+    )
     if summary.issues:
         raise InputError(
             f"demo track {gen.track}: ingest reported problems: "

@@ -93,8 +93,12 @@ def dataset_page(
 ) -> HTMLResponse:
     recs = _records(cat, name)
     stats = dataset_stats(cat, name)
+    with cat.session() as s:
+        description = s.scalar(select(Dataset.description).where(Dataset.name == name)) or ""
     return templates.TemplateResponse(
-        request, "dataset.html", {"name": name, "cases": recs, "stats": stats}
+        request,
+        "dataset.html",
+        {"name": name, "cases": recs, "stats": stats, "description": description},
     )
 
 
