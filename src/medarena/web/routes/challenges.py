@@ -7,10 +7,12 @@ raise map to HTTP statuses here: PermissionDenied 403, NotFoundError 404, InputE
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
@@ -608,22 +610,11 @@ async def new_submit(
 ) -> Response:
     if not user.is_admin:
         raise HTTPException(403, "only platform admins create challenges")
-    text = spec_text
-    try:
-        text = await _form_spec(spec_text, spec_file)
-        ch = service.create_challenge(db, parse_spec(text, "spec"), actor_id=user.id)
-        db.commit()
-    except MedarenaError as exc:
-        db.rollback()
-        return _edit_page(
-            request,
-            templates,
-            slug=None,
-            text=text,
-            problems=_problems(exc),
-            status=http_status(exc),
-        )
-    return RedirectResponse(f"/challenges/{ch.slug}", status_code=303)
+
+    def save(spec: ChallengeSpec) -> str:
+        return service.create_challenge(db, spec, actor_id=user.id).slug
+
+    return await _save_spec_form(request, templates, db, None, spec_text, spec_file, save)
 
 
 @router.get("/challenges/{slug}/edit", response_class=HTMLResponse, include_in_schema=False)
@@ -649,10 +640,28 @@ async def edit_submit(
     ch = _challenge(db, slug)
     if not can_organize(db, user, ch.id):
         raise HTTPException(403, f"only organizers of {slug!r} edit its spec")
+
+    def save(spec: ChallengeSpec) -> str:
+        service.update_challenge(db, slug, spec, actor_id=user.id)
+        return slug
+
+    return await _save_spec_form(request, templates, db, slug, spec_text, spec_file, save)
+
+
+async def _save_spec_form(
+    request: Request,
+    templates: Jinja2Templates,
+    db: Session,
+    slug: str | None,
+    spec_text: str,
+    spec_file: UploadFile | None,
+    save: Callable[[ChallengeSpec], str],
+) -> Response:
+    """Parse the posted spec and ``save`` it (returns the slug); on error, the form again."""
     text = spec_text
     try:
         text = await _form_spec(spec_text, spec_file)
-        service.update_challenge(db, slug, parse_spec(text, "spec"), actor_id=user.id)
+        saved = save(parse_spec(text, "spec"))
         db.commit()
     except MedarenaError as exc:
         db.rollback()
@@ -664,4 +673,4 @@ async def edit_submit(
             problems=_problems(exc),
             status=http_status(exc),
         )
-    return RedirectResponse(f"/challenges/{slug}", status_code=303)
+    return RedirectResponse(f"/challenges/{saved}", status_code=303)
