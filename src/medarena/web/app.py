@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -34,7 +35,8 @@ CONFLICT_DETAIL = (
     "retry or choose another name."
 )
 
-# Router modules, each exposing ``router``; included in this order.
+# Router modules, each exposing ``router``; included in this order, then every other module
+# of medarena.web.routes in name order (see router_modules), so a new page needs no edit here.
 ROUTER_MODULES = (
     "medarena.web.routes.datasets",
     "medarena.web.routes.auth",
@@ -45,6 +47,17 @@ ROUTER_MODULES = (
     "medarena.web.routes.viewer",
     "medarena.web.routes.organizer",
 )
+
+
+def router_modules() -> list[str]:
+    """ROUTER_MODULES, then the package's remaining modules in name order."""
+    package = importlib.import_module("medarena.web.routes")
+    found = sorted(
+        f"{package.__name__}.{info.name}"
+        for info in pkgutil.iter_modules(package.__path__)
+        if not info.name.startswith("_")
+    )
+    return list(ROUTER_MODULES) + [name for name in found if name not in ROUTER_MODULES]
 
 
 async def _integrity_conflict(request: Request, exc: Exception) -> JSONResponse:
@@ -80,6 +93,6 @@ def create_app(settings: Settings, catalogue: Catalogue) -> FastAPI:
     def index() -> RedirectResponse:
         return RedirectResponse("/datasets", status_code=307)
 
-    for name in ROUTER_MODULES:
+    for name in router_modules():
         app.include_router(importlib.import_module(name).router)
     return app
