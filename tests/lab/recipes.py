@@ -97,3 +97,54 @@ trainer: {epochs: 2, batch_size: 3, patch_size: [32, 32]}
 
 def seg2d(epochs: int = 2) -> str:
     return SEG2D.replace("EPOCHS", str(epochs))
+
+
+DET3D = """\
+name: balls-detector
+dataset: {name: nodules3d, split: default}
+task:
+  type: detection
+  spatial_dims: 3
+  detection: {sigma_scale: 0.5, threshold: 0.05, min_distance_mm: 4.0, max_candidates: 10}
+preprocess:
+  - block: orientation
+  - block: spacing
+    params: {pixdim: [1.5, 1.5, 1.5]}
+  - block: zscore
+  - block: rand_crop_by_label
+augment:
+  - block: flip
+network:
+  block: unet
+  params: {channels: [4, 8, 16], strides: [2, 2], num_res_units: 1}
+loss: {block: weighted_mse}
+optimizer: {block: adam, params: {lr: 0.01}}
+trainer: {epochs: 2, batch_size: 2, patch_size: [12, 12, 12], seed: 3}
+"""
+
+I2I2D = """\
+name: disks-denoiser
+dataset: {name: denoise2d, split: default}
+task: {type: image_to_image, spatial_dims: 2, image_to_image: {data_range: 1.0}}
+preprocess:
+  - block: ct_window
+    params: {a_min: 0, a_max: 255}
+augment:
+  - block: flip
+network:
+  block: unet
+  params: {channels: [8, 16, 32], strides: [2, 2], num_res_units: 1}
+loss: {block: l1}
+optimizer: {block: adam, params: {lr: 0.01}}
+trainer:
+  epochs: EPOCHS
+  batch_size: 2
+  patch_size: [16, 16]
+  seed: 4
+  val_every: EPOCHS  # validate and checkpoint at the end only
+  checkpoint_every: EPOCHS
+"""
+
+
+def i2i2d(epochs: int = 2) -> str:
+    return I2I2D.replace("EPOCHS", str(epochs))

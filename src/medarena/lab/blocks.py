@@ -23,8 +23,20 @@ from medarena.errors import InputError
 
 Kind = Literal["preprocess", "augment", "network", "loss", "optimizer", "schedule"]
 KINDS: tuple[str, ...] = ("preprocess", "augment", "network", "loss", "optimizer", "schedule")
-TaskType = Literal["segmentation", "classification", "multilabel", "regression"]
-TASK_TYPES: tuple[str, ...] = ("segmentation", "classification", "multilabel", "regression")
+TaskType = Literal[
+    "segmentation", "classification", "multilabel", "regression", "detection", "image_to_image"
+]
+TASK_TYPES: tuple[str, ...] = (
+    "segmentation",
+    "classification",
+    "multilabel",
+    "regression",
+    "detection",
+    "image_to_image",
+)
+# Tasks whose target is a map on the image grid (label map, heatmap, target image): spatial
+# transforms move it with the image, training uses patches, inference sliding windows.
+MAP_TASKS: tuple[str, ...] = ("segmentation", "detection", "image_to_image")
 
 
 class Params(BaseModel):
@@ -46,16 +58,28 @@ class Context:
 
     @property
     def image_keys(self) -> tuple[str, ...]:
+        """Keys of random intensity augmentation: the input image only."""
         return ("image",)
 
     @property
+    def intensity_keys(self) -> tuple[str, ...]:
+        """Keys of intensity preprocessing: image-to-image targets are normalised like inputs."""
+        return ("image", "label") if self.task == "image_to_image" else ("image",)
+
+    @property
     def keys(self) -> tuple[str, ...]:
-        """Dictionary keys that spatial transforms move together (image, and a label map)."""
-        return ("image", "label") if self.task == "segmentation" else ("image",)
+        """Dictionary keys that spatial transforms move together (image, and a target map).
+
+        The target map (key ``label``) is the label map (segmentation), the target heatmap
+        (detection) or the target image (image_to_image).
+        """
+        return ("image", "label") if self.task in MAP_TASKS else ("image",)
 
     def modes(self, image: str, label: str = "nearest") -> tuple[str, ...]:
-        """Interpolation per key: label maps always use nearest neighbour."""
-        return (image, label) if self.task == "segmentation" else (image,)
+        """Interpolation per key: label maps always nearest, heatmaps and images as the image."""
+        if self.task == "segmentation":
+            return (image, label)
+        return (image, image) if self.task in MAP_TASKS else (image,)
 
 
 @dataclass(frozen=True)
@@ -162,7 +186,12 @@ def _ct_window(p: CTWindowParams, ctx: Context) -> Any:
     if p.a_max <= p.a_min:
         raise InputError("ct_window: a_max must be greater than a_min", value=[p.a_min, p.a_max])
     return ScaleIntensityRanged(
-        keys=ctx.image_keys, a_min=p.a_min, a_max=p.a_max, b_min=p.b_min, b_max=p.b_max, clip=p.clip
+        keys=ctx.intensity_keys,
+        a_min=p.a_min,
+        a_max=p.a_max,
+        b_min=p.b_min,
+        b_max=p.b_max,
+        clip=p.clip,
     )
 
 
@@ -176,7 +205,9 @@ class ZScoreParams(Params):
 def _zscore(p: ZScoreParams, ctx: Context) -> Any:
     from monai.transforms import NormalizeIntensityd
 
-    return NormalizeIntensityd(keys=ctx.image_keys, nonzero=p.nonzero, channel_wise=p.channel_wise)
+    return NormalizeIntensityd(
+        keys=ctx.intensity_keys, nonzero=p.nonzero, channel_wise=p.channel_wise
+    )
 
 
 class ScaleRangeParams(Params):
@@ -187,7 +218,7 @@ class ScaleRangeParams(Params):
 def _scale_range(p: ScaleRangeParams, ctx: Context) -> Any:
     from monai.transforms import ScaleIntensityd
 
-    return ScaleIntensityd(keys=ctx.image_keys, minv=p.minv, maxv=p.maxv)
+    return ScaleIntensityd(keys=ctx.intensity_keys, minv=p.minv, maxv=p.maxv)
 
 
 class CropForegroundParams(Params):
@@ -500,7 +531,8 @@ def _resnet(p: ResNetParams, ctx: Context) -> Any:
 # ---------------------------------------------------------------------------- losses
 # Every loss takes (logits, target) in the trainer's target format: segmentation (B,1,...)
 # class indices, classification (B,) class indices, multilabel (B,L) 0/1 floats,
-# regression (B,T) floats.
+# regression (B,T) floats, detection (B,1,...) target heatmap in [0, 1], image_to_image
+# (B,C,...) target image.
 
 
 class NoParams(Params):
@@ -574,16 +606,46 @@ def _bce(p: NoParams, ctx: Context) -> Any:
     return one_hot_bce
 
 
+def _on_heatmap(loss: Any, ctx: Context) -> Any:
+    """Detection: the network outputs logits; the loss compares their sigmoid with the target."""
+    if ctx.task != "detection":
+        return loss
+
+    def heatmap_loss(logits: Any, target: Any) -> Any:
+        return loss(logits.sigmoid(), target)
+
+    return heatmap_loss
+
+
 def _mse(p: NoParams, ctx: Context) -> Any:
     import torch
 
-    return torch.nn.MSELoss()
+    return _on_heatmap(torch.nn.MSELoss(), ctx)
 
 
 def _l1(p: NoParams, ctx: Context) -> Any:
     import torch
 
-    return torch.nn.L1Loss()
+    return _on_heatmap(torch.nn.L1Loss(), ctx)
+
+
+class WeightedMSEParams(Params):
+    pos_weight: float = Field(
+        10.0,
+        ge=0,
+        description="Extra weight of voxels near findings: each voxel's squared error is "
+        "weighted 1 + pos_weight * target, so the few blob voxels are not outweighed.",
+    )
+
+
+def _weighted_mse(p: WeightedMSEParams, ctx: Context) -> Any:
+    pos_weight = p.pos_weight
+
+    def weighted_mse(logits: Any, target: Any) -> Any:
+        err = (logits.sigmoid() - target) ** 2
+        return (err * (1.0 + pos_weight * target)).mean()
+
+    return weighted_mse
 
 
 # ---------------------------------------------------------------------------- optimisers
@@ -659,6 +721,7 @@ def _constant(p: NoParams, ctx: Context) -> Any:
 # ---------------------------------------------------------------------------- the registry
 
 _SEG: tuple[str, ...] = ("segmentation",)
+_MAP: tuple[str, ...] = MAP_TASKS
 _CLS: tuple[str, ...] = ("classification", "multilabel")
 _IMG_LEVEL: tuple[str, ...] = ("classification", "multilabel", "regression")
 
@@ -706,7 +769,7 @@ _BLOCKS: tuple[Block, ...] = (
         "Each step, crop a trainer.patch_size patch centred on foreground or background",
         RandCropByLabelParams,
         _rand_crop_by_label,
-        tasks=_SEG,
+        tasks=("segmentation", "detection"),
         random=True,
     ),
     Block("flip", "augment", "Random flips along axes", FlipParams, _flip, random=True),
@@ -745,10 +808,10 @@ _BLOCKS: tuple[Block, ...] = (
         _gaussian_noise,
         random=True,
     ),
-    Block("unet", "network", "MONAI UNet (residual units)", UNetParams, _unet, tasks=_SEG),
-    Block("basic_unet", "network", "MONAI BasicUNet", BasicUNetParams, _basic_unet, tasks=_SEG),
-    Block("segresnet", "network", "MONAI SegResNet", SegResNetParams, _segresnet, tasks=_SEG),
-    Block("dynunet", "network", "MONAI DynUNet (nnU-Net style)", DynUNetParams, _dynunet, _SEG),
+    Block("unet", "network", "MONAI UNet (residual units)", UNetParams, _unet, tasks=_MAP),
+    Block("basic_unet", "network", "MONAI BasicUNet", BasicUNetParams, _basic_unet, tasks=_MAP),
+    Block("segresnet", "network", "MONAI SegResNet", SegResNetParams, _segresnet, tasks=_MAP),
+    Block("dynunet", "network", "MONAI DynUNet (nnU-Net style)", DynUNetParams, _dynunet, _MAP),
     Block(
         "densenet",
         "network",
@@ -783,8 +846,30 @@ _BLOCKS: tuple[Block, ...] = (
         _bce,
         tasks=_CLS,
     ),
-    Block("mse", "loss", "Mean squared error", NoParams, _mse, tasks=("regression",)),
-    Block("l1", "loss", "Mean absolute error", NoParams, _l1, tasks=("regression",)),
+    Block(
+        "mse",
+        "loss",
+        "Mean squared error (detection: of the heatmap's sigmoid)",
+        NoParams,
+        _mse,
+        tasks=("regression", "detection", "image_to_image"),
+    ),
+    Block(
+        "l1",
+        "loss",
+        "Mean absolute error (detection: of the heatmap's sigmoid)",
+        NoParams,
+        _l1,
+        tasks=("regression", "detection", "image_to_image"),
+    ),
+    Block(
+        "weighted_mse",
+        "loss",
+        "Heatmap MSE with voxels near findings weighted up (sigmoid of the output)",
+        WeightedMSEParams,
+        _weighted_mse,
+        tasks=("detection",),
+    ),
     Block("adam", "optimizer", "Adam", AdamParams, _adam),
     Block("adamw", "optimizer", "AdamW (decoupled weight decay)", AdamParams, _adamw),
     Block("sgd", "optimizer", "SGD with momentum", SGDParams, _sgd),

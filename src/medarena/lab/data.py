@@ -3,6 +3,10 @@
 Images of a case (role ``image``, one object per channel, in name order) are stacked
 channel-first; a segmentation label map (role ``label``) becomes one more channel-first
 array; classification and regression targets come from the case label ``dataset.target``.
+Detection cases carry their findings (role ``findings``, world mm; see
+``medarena.datasets.findings``), drawn as the target heatmap on the image grid
+(``medarena.lab.detection.gaussian_heatmap``). Image-to-image cases take their target image
+from the object of role ``label`` (as the low-dose CT demo stores it), read as an image.
 Only case keys are carried along, never patient identifiers.
 """
 
@@ -28,7 +32,8 @@ class CaseArrays:
     key: str
     image: np.ndarray  # (C, *spatial) float32
     affine: np.ndarray  # 4x4 voxel -> RAS (mm)
-    label: np.ndarray | None = None  # (1, *spatial) segmentation label map
+    label: np.ndarray | None = None  # (1, *spatial) label map, target heatmap or target image
+    findings: dict[str, list[dict[str, float]]] | None = None  # detection: nodules, excluded
     target: float | int | list[float] | None = None  # class index, 0/1 labels or a value
     attributes: dict[str, str] | None = None  # sex, site, age_band (for subgroup metrics)
 
@@ -98,7 +103,11 @@ def _read_case(cat: Catalogue, rec: dict[str, Any], recipe: Recipe) -> CaseArray
             path=recipe.dataset.name,
         )
     out = CaseArrays(key, image, ref.nifti_affine())
-    if recipe.task.type == "segmentation":
+    if recipe.task.type == "detection":
+        _read_findings(cat, rec, recipe, out)
+    elif recipe.task.type == "image_to_image":
+        _read_target_image(cat, rec, recipe, out)
+    elif recipe.task.type == "segmentation":
         labels = [o for o in rec["objects"] if o["role"] == "label"]
         if not labels:
             raise InputError(
@@ -115,6 +124,69 @@ def _read_case(cat: Catalogue, rec: dict[str, Any], recipe: Recipe) -> CaseArray
             )
         out.label = arr[None].astype(np.float32)
     return out
+
+
+def _read_findings(cat: Catalogue, rec: dict[str, Any], recipe: Recipe, out: CaseArrays) -> None:
+    from medarena.datasets.findings import FINDINGS_ROLE
+    from medarena.lab.detection import gaussian_heatmap
+
+    key = rec["case_key"]
+    objs = [o for o in rec["objects"] if o["role"] == FINDINGS_ROLE]
+    if len(objs) != 1:
+        raise InputError(
+            f"case {key!r} has {len(objs)} findings objects; detection needs exactly one per "
+            "case (store them with medarena datasets attach-findings)",
+            path=recipe.dataset.name,
+        )
+    try:
+        data = json.loads(cat.store.get_bytes(objs[0]["digest"]))
+        found = {"nodules": list(data["nodules"]), "excluded": list(data["excluded"])}
+    except (ValueError, KeyError, TypeError):
+        raise InputError(
+            f"case {key!r}: its findings object is not the findings JSON "
+            '({"nodules": [...], "excluded": [...]})',
+            path=recipe.dataset.name,
+        ) from None
+    settings = recipe.task.detection
+    assert settings is not None  # TaskSpec fills it in for detection
+    try:
+        heat = gaussian_heatmap(
+            out.image.shape[1:], out.affine, found["nodules"], sigma_scale=settings.sigma_scale
+        )
+    except InputError as exc:
+        raise InputError(
+            f"case {key!r}: {exc.rule}", path=recipe.dataset.name, value=exc.value
+        ) from None
+    out.label = heat[None]
+    out.findings = found
+
+
+def _read_target_image(
+    cat: Catalogue, rec: dict[str, Any], recipe: Recipe, out: CaseArrays
+) -> None:
+    key = rec["case_key"]
+    objs = [o for o in rec["objects"] if o["role"] == "label"]
+    if not objs:
+        raise InputError(
+            f"case {key!r} has no target image (image_to_image reads the object of role "
+            "'label', one per case)",
+            path=recipe.dataset.name,
+        )
+    target = read_nifti(cat.store.path_of(objs[0]["digest"]))
+    arr = _channel_first(target.array.astype(np.float32), recipe.task.spatial_dims)
+    if arr.shape[0] != 1:
+        raise InputError(
+            f"case {key!r}: the target image has {arr.shape[0]} channels; image_to_image "
+            "predicts one",
+            path=recipe.dataset.name,
+        )
+    if arr.shape[1:] != out.image.shape[1:]:
+        raise InputError(
+            f"case {key!r}: target image shape {list(arr.shape[1:])} differs from the input "
+            f"image shape {list(out.image.shape[1:])}",
+            path=recipe.dataset.name,
+        )
+    out.label = arr
 
 
 def load_split(cat: Catalogue, recipe: Recipe) -> SplitData:
@@ -194,9 +266,15 @@ def load_split(cat: Catalogue, recipe: Recipe) -> SplitData:
             out.append(case)
         return out
 
-    return SplitData(
-        read(subsets[ds.train]),
-        read(subsets[ds.validation]),
-        class_names,
-        _dataset_version(recipe, subsets),
-    )
+    train, validation = read(subsets[ds.train]), read(subsets[ds.validation])
+    if recipe.task.type == "detection" and not any(
+        c.findings and c.findings["nodules"] for c in validation
+    ):
+        raise InputError(
+            f"the validation subset {ds.validation!r} holds no finding: FROC sensitivity "
+            "is undefined",
+            path="dataset.validation",
+            value=ds.validation,
+            hint="choose a split whose validation cases have findings",
+        )
+    return SplitData(train, validation, class_names, _dataset_version(recipe, subsets))

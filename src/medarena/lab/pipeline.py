@@ -3,7 +3,8 @@
 Two pipelines: ``cached`` (the deterministic preprocessing blocks, applied once per case)
 and ``per_step`` (drawn anew for every sample of every step). The per-step pipeline is:
 pad to ``trainer.patch_size``, crop a patch (``rand_crop_by_label`` if the recipe lists it,
-else a uniformly random patch) for segmentation, then the augmentation blocks in order.
+else a uniformly random patch) for the map tasks (segmentation, detection, image_to_image:
+the target map is cropped with the image), then the augmentation blocks in order.
 Image-level tasks resize every image to ``trainer.patch_size`` in the cached pipeline.
 """
 
@@ -12,16 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from medarena.lab.blocks import REGISTRY, Context
+from medarena.lab.blocks import MAP_TASKS, REGISTRY, Context
 from medarena.lab.recipe import Recipe
 
 
 def context(recipe: Recipe) -> Context:
-    """The builders' context: task, dimensions, channels in and out, epochs."""
+    """The builders' context: task, dimensions, channels in and out, epochs.
+
+    Output channels: classes (segmentation, classification), labels (multilabel), one value
+    (regression), one heatmap (detection), one image (image_to_image).
+    """
     t = recipe.task
-    out = {"regression": 1, "multilabel": len(recipe.dataset.targets or ())}.get(
-        t.type, t.num_classes
-    )
+    one = {"regression": 1, "detection": 1, "image_to_image": 1}
+    out = {**one, "multilabel": len(recipe.dataset.targets or ())}.get(t.type, t.num_classes)
     tr = recipe.trainer
     return Context(t.type, t.spatial_dims, t.in_channels, out, tr.epochs, tuple(tr.patch_size))
 
@@ -47,7 +51,7 @@ def build_pipelines(recipe: Recipe) -> Pipelines:
         else:
             cached.append(built)
     per_step: list[Any] = []
-    if recipe.task.type == "segmentation":
+    if recipe.task.type in MAP_TASKS:
         per_step.append(SpatialPadd(keys=ctx.keys, spatial_size=patch))
         per_step.append(crop or RandSpatialCropd(keys=ctx.keys, roi_size=patch, random_size=False))
     else:

@@ -44,16 +44,74 @@ class DatasetRef(_Strict):
     )
 
 
+class DetectionSettings(_Strict):
+    """Detection through heatmaps: the target blobs and how candidates are read back."""
+
+    sigma_scale: float = Field(
+        0.5,
+        gt=0,
+        description="Target blob width: sigma = sigma_scale * finding radius (mm), at least "
+        "the largest voxel size; blobs are cut off at 3 sigma.",
+    )
+    threshold: float = Field(
+        0.1, ge=0, le=1, description="Candidates: heatmap peaks with probability >= this."
+    )
+    min_distance_mm: float = Field(
+        5.0,
+        ge=0,
+        description="Candidates: a peak closer than this (mm) to a stronger one is dropped.",
+    )
+    max_candidates: int = Field(
+        100, ge=1, description="Candidates kept per case, strongest first (LUNA16: 100)."
+    )
+
+
+class ImageToImageSettings(_Strict):
+    """Image-to-image (denoising, synthesis): the target image and the metrics' data range."""
+
+    data_range: float | Literal["ref_max", "ref_range"] = Field(
+        "ref_range",
+        description="Data range of PSNR/SSIM in validation (evaluation engine convention: "
+        "ref_max, ref_range or a number), in the preprocessed intensity scale.",
+    )
+
+    @model_validator(mode="after")
+    def _positive(self) -> ImageToImageSettings:
+        if isinstance(self.data_range, float) and not self.data_range > 0:
+            raise ValueError(f"data_range {self.data_range} must be positive")
+        return self
+
+
 class TaskSpec(_Strict):
     type: TaskType
     spatial_dims: Literal[2, 3] = Field(..., description="2 or 3 spatial axes.")
     num_classes: int = Field(
-        2, ge=1, description="Classes (segmentation: including background; regression: ignored)."
+        2,
+        ge=1,
+        description="Classes (segmentation: including background; regression, detection, "
+        "image_to_image: ignored).",
     )
     in_channels: int = Field(1, ge=1, description="Image channels (modalities) per case.")
     class_names: list[str] | None = Field(
         None, description="Classification: the label values in class-index order."
     )
+    detection: DetectionSettings | None = Field(
+        None, description="Detection only: heatmap targets and candidate extraction."
+    )
+    image_to_image: ImageToImageSettings | None = Field(
+        None, description="Image-to-image only: validation data range."
+    )
+
+    @model_validator(mode="after")
+    def _task_settings(self) -> TaskSpec:
+        for name in ("detection", "image_to_image"):
+            if getattr(self, name) is not None and self.type != name:
+                raise ValueError(f"task.{name} settings need task.type {name!r}")
+        if self.type == "detection" and self.detection is None:
+            self.detection = DetectionSettings()
+        if self.type == "image_to_image" and self.image_to_image is None:
+            self.image_to_image = ImageToImageSettings()
+        return self
 
 
 class SlidingWindow(_Strict):
@@ -68,11 +126,14 @@ class TrainerSettings(_Strict):
     )
     batch_size: int = Field(2, ge=1, description="Samples per step.")
     patch_size: list[int] = Field(
-        ..., description="Training patch (segmentation) or input size (image-level tasks)."
+        ...,
+        description="Training patch (segmentation, detection, image_to_image) or input size "
+        "(image-level tasks).",
     )
     sliding_window: SlidingWindow | None = Field(
         default_factory=SlidingWindow,
-        description="Segmentation validation by sliding windows of patch_size (null: whole).",
+        description="Validation of segmentation, detection and image_to_image by sliding "
+        "windows of patch_size (null: whole image).",
     )
     seed: int = Field(0, description="Seed of weights, shuffling and augmentation.")
     val_every: int = Field(1, ge=1, description="Validate every n epochs (and at the end).")
@@ -160,6 +221,8 @@ _MODELS_AT: dict[tuple[str, ...], type[BaseModel]] = {
     (): Recipe,
     ("dataset",): DatasetRef,
     ("task",): TaskSpec,
+    ("task", "detection"): DetectionSettings,
+    ("task", "image_to_image"): ImageToImageSettings,
     ("trainer",): TrainerSettings,
     ("trainer", "sliding_window"): SlidingWindow,
     ("export",): ExportSettings,

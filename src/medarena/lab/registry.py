@@ -64,7 +64,9 @@ def subgroup_metrics(
     """The validation metric per subgroup (evaluation engine's ``subgroup_analysis``).
 
     One analysis per attribute that at least one validation case has; per-case metrics
-    are Dice (segmentation), ``correct`` (classification) and ``abs_error`` (regression).
+    are Dice (segmentation), ``correct`` (classification), ``abs_error`` (regression),
+    ``sensitivity`` (detection; undefined, so left out, for a case without findings) and
+    ``mae`` (image_to_image). An attribute none of whose cases has the metric is skipped.
     """
     from medarena.evaluation.subgroups import subgroup_analysis
 
@@ -75,7 +77,12 @@ def subgroup_metrics(
     for attr in SUBGROUP_ATTRIBUTES:
         if not any(attr in a for a in attributes.values()):
             continue
-        analysis = subgroup_analysis(per_case, attributes, metric=metric, by=attr, bootstrap=200)
+        try:
+            analysis = subgroup_analysis(
+                per_case, attributes, metric=metric, by=attr, bootstrap=200
+            )
+        except InputError:  # no case has both the metric and the attribute
+            continue
         out.append(analysis.model_dump(mode="json"))
     return out
 

@@ -10,7 +10,11 @@ wrapping it in DistributedDataParallel later changes nothing else.
 
 Validation uses the evaluation engine's metric functions (the ones that score challenges):
 Dice per foreground class for segmentation, ``classification_metrics`` (multiclass or
-multilabel) and ``regression_metrics``, computed on the validation cases in the preprocessed grid.
+multilabel), ``regression_metrics``, the FROC / LUNA16 CPM of ``evaluation.detection`` for
+detection (candidates from the sigmoid of the heatmap by ``lab.detection.heatmap_candidates``,
+in world mm) and ``image_metrics`` (PSNR, SSIM, MAE) for image_to_image, computed on the
+validation cases in the preprocessed grid. The map tasks (segmentation, detection,
+image_to_image) are trained on patches and validated by sliding windows.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ import numpy as np
 from medarena.datasets.catalogue import Catalogue
 from medarena.errors import InputError
 from medarena.evaluation.classification import classification_metrics
+from medarena.evaluation.detection import luna16_cpm, scan_counts
+from medarena.evaluation.image import image_metrics
 from medarena.evaluation.regression import regression_metrics
 from medarena.evaluation.segmentation import segmentation_metrics
+from medarena.lab.blocks import MAP_TASKS
 from medarena.lab.checkpoint import (
     load_checkpoint,
     restore_rng_states,
@@ -39,6 +46,7 @@ from medarena.lab.checkpoint import (
     save_checkpoint,
 )
 from medarena.lab.data import CaseArrays, load_split
+from medarena.lab.detection import heatmap_candidates
 from medarena.lab.pipeline import build_model_parts, build_pipelines
 from medarena.lab.recipe import Recipe
 
@@ -49,6 +57,8 @@ MAIN_METRIC = {
     "classification": "accuracy",
     "multilabel": "subset_accuracy",
     "regression": "mae",
+    "detection": "cpm",
+    "image_to_image": "psnr",
 }
 
 
@@ -141,6 +151,7 @@ class _Run:
         self.val_cases = [pipes.cached(_as_dict(c)) for c in split.validation]
         self.val_keys = [c.key for c in split.validation]
         self.val_attributes = {c.key: c.attributes or {} for c in split.validation}
+        self.val_findings = {c.key: c.findings for c in split.validation if c.findings}
         self.per_case: dict[str, dict[str, float]] = {}  # of the last validation
         torch.manual_seed(self.tr.seed)
         net, self.loss_fn, make_opt, make_sched = build_model_parts(recipe)
@@ -158,12 +169,12 @@ class _Run:
             if isinstance(sample, list):  # patch croppers return a list of num_samples=1
                 sample = sample[0]
             images.append(_plain(sample["image"]).float())
-            if self.task == "segmentation":
+            if self.task in MAP_TASKS:
                 targets.append(_plain(sample["label"]).float())
             else:
                 targets.append(torch.as_tensor(sample["target"]))
         x = torch.stack(images).to(self.device)
-        if self.task == "segmentation":
+        if self.task in MAP_TASKS:
             y = torch.stack(targets).to(self.device)
         elif self.task == "classification":
             y = torch.stack(targets).long().to(self.device)
@@ -175,13 +186,17 @@ class _Run:
 
     # ------------------------------------------------------------------ validation
     def predict(self, image: Any) -> Any:
-        """Network output (logits) for one preprocessed image (C, *spatial), no batch axis."""
+        """Network output for one preprocessed image (C, *spatial), no batch axis.
+
+        Logits (segmentation, classification, multilabel, detection heatmap), the value
+        (regression) or the image (image_to_image); map tasks by sliding windows.
+        """
         import torch
         from monai.inferers import sliding_window_inference
 
         x = _plain(image).float()[None].to(self.device)
         with torch.no_grad():
-            if self.task != "segmentation":
+            if self.task not in MAP_TASKS:
                 return self.model(x)[0]
             sw = self.tr.sliding_window
             if sw is not None:
@@ -207,6 +222,10 @@ class _Run:
         try:
             if self.task == "segmentation":
                 return self._validate_segmentation()
+            if self.task == "detection":
+                return self._validate_detection()
+            if self.task == "image_to_image":
+                return self._validate_image_to_image()
             outs = [self.predict(c["image"]).cpu().numpy() for c in self.val_cases]
             targets = np.asarray([c["target"] for c in self.val_cases])
             if self.task == "multilabel":
@@ -259,6 +278,63 @@ class _Run:
             per_case.append(float(np.mean(dices)))
         self.per_case = {k: {"dice": v} for k, v in zip(self.val_keys, per_case, strict=True)}
         return {"dice": float(np.mean(per_case))}
+
+    def _validate_detection(self) -> dict[str, float]:
+        settings = self.recipe.task.detection
+        assert settings is not None
+        nd = self.recipe.task.spatial_dims
+        candidates: list[dict[str, Any]] = []
+        refs: list[dict[str, Any]] = []
+        excluded: list[dict[str, Any]] = []
+
+        def point(key: str, f: dict[str, float]) -> dict[str, Any]:
+            return {
+                "scan_id": key,
+                "x": float(f["x"]),
+                "y": float(f["y"]),
+                "z": float(f["z"]) if nd == 3 else 0.0,  # 2D candidates have z = 0
+                "diameter_mm": float(f["diameter_mm"]),
+            }
+
+        for key, c in zip(self.val_keys, self.val_cases, strict=True):
+            prob = self.predict(c["image"]).sigmoid()[0].cpu().numpy()
+            affine = np.asarray(c["image"].affine, dtype=np.float64)
+            for cand in heatmap_candidates(
+                prob,
+                affine,
+                threshold=settings.threshold,
+                min_distance_mm=settings.min_distance_mm,
+                max_candidates=settings.max_candidates,
+            ):
+                candidates.append({"scan_id": key, **cand})
+            found = self.val_findings.get(key, {"nodules": [], "excluded": []})
+            refs += [point(key, f) for f in found["nodules"]]
+            excluded += [point(key, f) for f in found["excluded"]]
+        froc = luna16_cpm(candidates, refs, scan_ids=self.val_keys, excluded=excluded, bootstrap=0)
+        counts = scan_counts(candidates, refs, scan_ids=self.val_keys, excluded=excluded)
+        self.per_case = {
+            k: {
+                "sensitivity": c.n_detected / c.n_nodules if c.n_nodules else float("nan"),
+                "n_false_positives": float(c.n_false_positives),
+            }
+            for k, c in counts.items()
+        }
+        return froc.metrics()
+
+    def _validate_image_to_image(self) -> dict[str, float]:
+        settings = self.recipe.task.image_to_image
+        assert settings is not None
+        per_case: dict[str, dict[str, float]] = {}
+        for key, c in zip(self.val_keys, self.val_cases, strict=True):
+            pred = self.predict(c["image"])[0].cpu().numpy()
+            ref = _plain(c["label"])[0].cpu().numpy()
+            m = image_metrics(pred, ref, data_range=settings.data_range)
+            per_case[key] = {"mae": m["mae"], "psnr": m["psnr"], "ssim": m["ssim"]}
+        self.per_case = per_case
+        return {
+            name: float(np.mean([v[name] for v in per_case.values()]))
+            for name in ("psnr", "ssim", "mae")
+        }
 
     # ------------------------------------------------------------------ state
     def state(self, epochs_done: int, steps_done: int, history: list[dict[str, Any]]) -> dict:

@@ -1,0 +1,170 @@
+"""Detection through heatmaps: training targets from findings, candidates from a heatmap.
+
+Findings are spheres in world millimetres (``medarena.datasets.findings``: centre x, y, z
+and ``diameter_mm``, NIfTI RAS world of the image). The lab trains a network to output one
+heatmap channel whose sigmoid approaches the *target heatmap*:
+
+    target(v) = max over findings f of exp(-d(v, f)^2 / (2 sigma_f^2)),  d in mm,
+    sigma_f = max(sigma_scale * diameter_f / 2, largest voxel size),
+
+set to 0 beyond ``3 * sigma_f`` (so a patch sampler can tell voxels near a finding from the
+rest). Excluded findings get no blob: the network is neither taught to find them nor to
+ignore them, as LUNA16 neither rewards nor penalises marks on them.
+
+Candidates come from a probability heatmap (the sigmoid of the network output) by
+:func:`heatmap_candidates`: voxels that are the maximum of their neighbourhood
+(``min_distance_mm`` in each direction) and at least ``threshold``, strongest first, a
+candidate closer than ``min_distance_mm`` to a stronger one dropped, at most
+``max_candidates``; each is its voxel centre in world mm and the heatmap value there as the
+probability. The same function serves the lab's validation (FROC / LUNA16 CPM of the
+evaluation engine) and ONNX model submissions of detection tracks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from medarena.errors import InputError
+
+TRUNCATE_SIGMAS = 3.0
+
+
+def _affine(affine: ArrayLike, ndim: int) -> NDArray[np.float64]:
+    """A (ndim+1)x(ndim+1) voxel -> world affine from a 4x4 (or already small) one."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape == (ndim + 1, ndim + 1):
+        return a
+    if a.shape != (4, 4):
+        raise InputError(f"affine must be 4x4 or {ndim + 1}x{ndim + 1}", value=list(a.shape))
+    out = np.eye(ndim + 1)
+    out[:ndim, :ndim] = a[:ndim, :ndim]
+    out[:ndim, ndim] = a[:ndim, 3]
+    if not np.all(np.isfinite(out)) or abs(np.linalg.det(out[:ndim, :ndim])) < 1e-12:
+        raise InputError("affine must be finite and invertible", value=out.tolist())
+    return out
+
+
+def voxel_sizes(affine: ArrayLike, ndim: int) -> NDArray[np.float64]:
+    """Voxel size in mm along each array axis (column norms of the affine)."""
+    a = _affine(affine, ndim)
+    return np.asarray(np.linalg.norm(a[:ndim, :ndim], axis=0))
+
+
+def _world_grid(shape: Sequence[int], a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """World mm of every voxel centre, shape (*shape, ndim)."""
+    nd = len(shape)
+    idx = np.indices(tuple(shape), dtype=np.float64).reshape(nd, -1)
+    world = a[:nd, :nd] @ idx + a[:nd, nd : nd + 1]
+    return np.asarray(world.T.reshape(*shape, nd))
+
+
+def _point(f: Mapping[str, Any], ndim: int, what: str) -> NDArray[np.float64]:
+    keys = ("x", "y", "z")[:ndim]
+    try:
+        xyz = np.array([float(f[k]) for k in keys])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{what} needs numbers {', '.join(keys)}", value=dict(f)) from None
+    if not np.all(np.isfinite(xyz)):
+        raise InputError(f"{what} coordinates must be finite", value=dict(f))
+    return xyz
+
+
+def gaussian_heatmap(
+    shape: Sequence[int],
+    affine: ArrayLike,
+    findings: Sequence[Mapping[str, Any]],
+    *,
+    sigma_scale: float = 0.5,
+) -> NDArray[np.float32]:
+    """The training target of a grid ``shape`` (2 or 3 axes) with voxel -> world ``affine``.
+
+    ``findings``: dicts with x, y (, z) in world mm and ``diameter_mm`` (2D grids ignore z).
+    See the module docstring for the formula; an empty list gives all zeros.
+    """
+    nd = len(shape)
+    if nd not in (2, 3):
+        raise InputError("a heatmap has 2 or 3 spatial axes", value=list(shape))
+    if not sigma_scale > 0:
+        raise InputError("sigma_scale must be positive", value=sigma_scale)
+    a = _affine(affine, nd)
+    out = np.zeros(tuple(shape), dtype=np.float64)
+    if not findings:
+        return out.astype(np.float32)
+    world = _world_grid(shape, a)
+    min_sigma = float(voxel_sizes(a, nd).max())
+    for f in findings:
+        centre = _point(f, nd, "finding")
+        diameter = float(f.get("diameter_mm", math.nan))
+        if not (math.isfinite(diameter) and diameter >= 0):
+            raise InputError("finding diameter_mm must be a number >= 0", value=dict(f))
+        sigma = max(sigma_scale * diameter / 2.0, min_sigma)
+        d2 = ((world - centre) ** 2).sum(axis=-1)
+        blob = np.exp(-d2 / (2.0 * sigma**2))
+        blob[d2 > (TRUNCATE_SIGMAS * sigma) ** 2] = 0.0
+        np.maximum(out, blob, out=out)
+    return out.astype(np.float32)
+
+
+def heatmap_candidates(
+    heatmap: ArrayLike,
+    affine: ArrayLike,
+    *,
+    threshold: float = 0.1,
+    min_distance_mm: float = 5.0,
+    max_candidates: int = 100,
+) -> list[dict[str, float]]:
+    """Candidates (x, y, z in world mm, probability) of a probability ``heatmap``.
+
+    ``heatmap``: 2 or 3 spatial axes (a leading channel axis of size 1 is accepted), values
+    in [0, 1]; ``affine``: voxel -> world (4x4, or 3x3 for 2D). 2D candidates have z = 0.
+    Strongest first; see the module docstring for the rules. InputError on a heatmap with
+    NaN/inf, a bad affine or parameter.
+    """
+    from scipy import ndimage
+
+    h = np.asarray(heatmap, dtype=np.float64)
+    if h.ndim in (3, 4) and h.shape[0] == 1:
+        h = h[0]
+    nd = h.ndim
+    if nd not in (2, 3):
+        raise InputError("heatmap must have 2 or 3 spatial axes", value=list(h.shape))
+    if not np.all(np.isfinite(h)):
+        raise InputError("heatmap holds NaN or infinite values", value="NaN or inf")
+    if not 0 <= threshold <= 1:
+        raise InputError("threshold must lie in [0, 1]", value=threshold)
+    if not min_distance_mm >= 0:
+        raise InputError("min_distance_mm must be >= 0", value=min_distance_mm)
+    if max_candidates < 1:
+        raise InputError("max_candidates must be >= 1", value=max_candidates)
+    a = _affine(affine, nd)
+    sizes = voxel_sizes(a, nd)
+    # neighbourhood: every voxel within min_distance_mm along each axis (at least 3 wide)
+    half = np.maximum(np.floor(min_distance_mm / sizes), 1).astype(int)
+    local_max = ndimage.maximum_filter(h, size=tuple(2 * half + 1), mode="constant", cval=-np.inf)
+    peaks = np.argwhere((h >= local_max) & (h >= threshold) & (h > 0))
+    if peaks.size == 0:
+        return []
+    values = h[tuple(peaks.T)]
+    # strongest first; ties by voxel index so the result does not depend on numpy's sort
+    order = np.lexsort((*peaks.T[::-1], -values))
+    peaks, values = peaks[order], values[order]
+    world = (a[:nd, :nd] @ peaks.T.astype(np.float64) + a[:nd, nd : nd + 1]).T
+    kept: list[int] = []
+    for i in range(len(peaks)):
+        if len(kept) == max_candidates:
+            break
+        if kept:
+            d2 = ((world[kept] - world[i]) ** 2).sum(axis=1)
+            if np.any(d2 < min_distance_mm**2):
+                continue
+        kept.append(i)
+    out = []
+    for i in kept:
+        xyz = [float(v) for v in world[i]] + [0.0] * (3 - nd)
+        out.append({"x": xyz[0], "y": xyz[1], "z": xyz[2], "probability": float(values[i])})
+    return out

@@ -1,0 +1,94 @@
+"""Heatmap targets and candidate extraction, against answers computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from medarena.errors import InputError
+from medarena.lab.detection import gaussian_heatmap, heatmap_candidates
+
+# 2 mm voxels along i, 3 mm along j, 4 mm along k; origin (10, 20, 30) mm
+AFFINE = np.array(
+    [[2.0, 0, 0, 10.0], [0, 3.0, 0, 20.0], [0, 0, 4.0, 30.0], [0, 0, 0, 1.0]],
+)
+
+
+def test_peaks_in_world_mm_strongest_first() -> None:
+    h = np.zeros((10, 10, 10))
+    h[2, 3, 4] = 0.9  # world (14, 29, 46)
+    h[7, 7, 7] = 0.6  # world (24, 41, 58)
+    h[7, 7, 8] = 0.5  # neighbour of the 0.6 peak: not a local maximum
+    h[0, 9, 0] = 0.05  # below the threshold
+    got = heatmap_candidates(h, AFFINE, threshold=0.1, min_distance_mm=3.0, max_candidates=5)
+    assert got == [
+        {"x": 14.0, "y": 29.0, "z": 46.0, "probability": 0.9},
+        {"x": 24.0, "y": 41.0, "z": 58.0, "probability": 0.6},
+    ]
+
+
+def test_min_distance_is_in_mm_and_max_candidates_keeps_the_strongest() -> None:
+    h = np.zeros((12, 3, 3))
+    h[1, 1, 1] = 0.8
+    h[4, 1, 1] = 0.7  # 6 mm from the first (i spacing 2 mm)
+    h[9, 1, 1] = 0.6  # 10 mm from the second
+    xs = [c["x"] for c in heatmap_candidates(h, AFFINE, min_distance_mm=5.0)]
+    assert xs == [12.0, 18.0, 28.0]  # 6 mm apart >= 5 mm: all kept
+    xs = [c["x"] for c in heatmap_candidates(h, AFFINE, min_distance_mm=7.0)]
+    assert xs == [12.0, 28.0]  # the 0.7 peak is 6 mm < 7 mm from a stronger one
+    got = heatmap_candidates(h, AFFINE, min_distance_mm=5.0, max_candidates=2)
+    assert [c["probability"] for c in got] == [0.8, 0.7]
+
+
+def test_a_plateau_gives_one_candidate_and_a_flat_map_none() -> None:
+    h = np.zeros((5, 5))
+    h[2, 2] = h[2, 3] = 0.5  # two equal voxels 1 mm apart: the first by index is kept
+    got = heatmap_candidates(h[None], np.eye(4), threshold=0.2, min_distance_mm=2.0)
+    assert got == [{"x": 2.0, "y": 2.0, "z": 0.0, "probability": 0.5}]
+    assert heatmap_candidates(np.zeros((4, 4)), np.eye(3)) == []
+
+
+def test_bad_input_is_named() -> None:
+    h = np.zeros((4, 4, 4))
+    with pytest.raises(InputError, match="threshold must lie in"):
+        heatmap_candidates(h, AFFINE, threshold=1.5)
+    h[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        heatmap_candidates(h, AFFINE)
+    with pytest.raises(InputError, match="affine must be"):
+        heatmap_candidates(np.zeros((4, 4, 4)), np.eye(2))
+    with pytest.raises(InputError, match="max_candidates"):
+        heatmap_candidates(np.zeros((4, 4, 4)), AFFINE, max_candidates=0)
+
+
+def test_gaussian_heatmap_values() -> None:
+    # one finding of diameter 8 mm at voxel (1, 1, 1): sigma = 0.5 * 4 mm = 2 mm... but the
+    # largest voxel is 4 mm, so sigma = 4 mm; voxel (2, 1, 1) is 2 mm away: exp(-4 / 32)
+    finding = {"x": 12.0, "y": 23.0, "z": 34.0, "diameter_mm": 8.0}
+    h = gaussian_heatmap((6, 4, 4), AFFINE, [finding], sigma_scale=0.5)
+    assert h.dtype == np.float32 and h.shape == (6, 4, 4)
+    assert h[1, 1, 1] == pytest.approx(1.0)
+    assert h[2, 1, 1] == pytest.approx(math.exp(-4 / 32), rel=1e-6)
+    assert h[1, 1, 2] == pytest.approx(math.exp(-16 / 32), rel=1e-6)  # 4 mm along k
+    # cut off beyond 3 sigma = 12 mm: voxel (5, 3, 3) is sqrt(64 + 36 + 64) mm away
+    assert h[5, 3, 3] == 0.0
+    # sigma_scale 2 with a 20 mm finding: sigma = 20 mm > 4 mm voxel
+    wide = gaussian_heatmap((6, 4, 4), AFFINE, [{**finding, "diameter_mm": 20.0}], sigma_scale=2)
+    assert wide[2, 1, 1] == pytest.approx(math.exp(-4 / 800), rel=1e-6)
+    # overlapping blobs: the maximum, not the sum
+    two = gaussian_heatmap((6, 4, 4), AFFINE, [finding, finding])
+    assert two.max() == pytest.approx(1.0)
+    assert not gaussian_heatmap((3, 3), np.eye(3), []).any()
+
+
+def test_heatmap_of_findings_gives_them_back() -> None:
+    findings = [
+        {"x": 16.0, "y": 26.0, "z": 38.0, "diameter_mm": 6.0},
+        {"x": 30.0, "y": 47.0, "z": 62.0, "diameter_mm": 10.0},
+    ]
+    h = gaussian_heatmap((16, 12, 12), AFFINE, findings)
+    got = heatmap_candidates(h, AFFINE, threshold=0.5, min_distance_mm=5.0)
+    assert [(c["x"], c["y"], c["z"]) for c in got] == [(16.0, 26.0, 38.0), (30.0, 47.0, 62.0)]
+    assert all(c["probability"] == pytest.approx(1.0) for c in got)
