@@ -11,15 +11,18 @@ or fail in the worker with a reason naming the case or the field.
 from __future__ import annotations
 
 import io
+import os
+import time
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy import select
 from track_helpers import add_team_member, score_all, scored_result, submit_bytes
 
@@ -124,6 +127,14 @@ def _setup(cat: Catalogue, spec: ChallengeSpec) -> int:
             "slug": "tight",
             "title": "Tight",
             "model_limits": {"time_per_case_s": 1e-6},
+        }
+    )
+    data["phases"].append(
+        {
+            **data["phases"][-1],
+            "slug": "limited",
+            "title": "Limited",
+            "model_limits": {"memory_mb": 256, "time_per_case_s": 1.5},
         }
     )
     with cat.sessions() as s, s.begin():
@@ -433,8 +444,115 @@ def test_bad_models_are_refused_or_fail_with_a_reason(
         val = subset_cases(s, "brain", "challenge", "validation")[0].case_key
     assert f"case {val}: output shape [1, 2]" in str(errors[wrong])
     assert "need 1 value(s) per case" in str(errors[wrong])
-    assert f"case {first}: inference took" in str(errors[slow])
-    assert "model_limits.time_per_case_s of 1e-06 s" in str(errors[slow])
+    assert f"model exceeded the time limit of 1e-06 s on case {first}" in str(errors[slow])
+    assert "model_limits.time_per_case_s; the inference process was stopped" in str(errors[slow])
+
+
+def _graph_model(nodes: list[Any], initializers: list[Any], output_shape: list[Any]) -> bytes:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, *SHAPE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_shape)],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())
+
+
+def _memory_hog() -> bytes:
+    """Expands the input's mean to 1 x 1 x 4096 x 4096 x 64 floats (4 GiB), then sums."""
+    return _graph_model(
+        [
+            helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=1),
+            helper.make_node("Expand", ["mean", "huge"], ["big"]),
+            helper.make_node("ReduceSum", ["big", "axes"], ["output"], keepdims=0),
+        ],
+        [
+            numpy_helper.from_array(np.array([1, 1, 4096, 4096, 64], np.int64), "huge"),
+            numpy_helper.from_array(np.array([2, 3, 4], np.int64), "axes"),
+        ],
+        [1, 1],
+    )
+
+
+def _endless() -> bytes:
+    """A Loop of 10^12 identity steps, then the spatial mean: never ends in time."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["carried_in"], ["carried_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_out", TensorProto.FLOAT, None),
+        ],
+    )
+    return _graph_model(
+        [
+            helper.make_node("Loop", ["trips", "", "input"], ["looped"], body=body),
+            helper.make_node("ReduceMean", ["looped"], ["output"], axes=[2, 3, 4], keepdims=0),
+        ],
+        [numpy_helper.from_array(np.array(10**12, np.int64), "trips")],
+        ["batch", 1],
+    )
+
+
+def test_limits_are_enforced_during_inference_in_a_child_process(
+    catalogue: Catalogue, spec: ChallengeSpec
+) -> None:
+    uid = _setup(catalogue, spec)
+    started = time.monotonic()
+    hog = _submit(
+        catalogue, uid, "limited", _zip({"model.onnx": _memory_hog(), "manifest.yaml": MANIFEST})
+    )
+    endless = _submit(
+        catalogue, uid, "limited", _zip({"model.onnx": _endless(), "manifest.yaml": MANIFEST})
+    )
+    assert score_all(catalogue) == 2
+    with catalogue.sessions() as s:
+        errors = {i: s.get(Submission, i).error for i in (hog, endless)}  # type: ignore[union-attr]
+        first = subset_cases(s, "brain", "challenge", "test")[0].case_key
+    # the 4 GiB tensor is refused by the child's address-space cap, not allocated
+    assert f"model exceeded the memory limit of 256 MB on case {first}" in str(errors[hog])
+    assert f"model exceeded the time limit of 1.5 s on case {first}" in str(errors[endless])
+    # the endless loop was killed at its deadline: the whole run stays well under a minute
+    assert time.monotonic() - started < 30
+    # no child is left behind
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    assert not children
+
+
+def test_the_model_process_has_no_network_and_no_credentials(tmp_path: Path) -> None:
+    from medarena.challenges.model_sandbox import ModelProcess
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(
+        _graph_model(
+            [helper.make_node("Identity", ["input"], ["output"])], [], ["batch", 1, *SHAPE]
+        )
+    )
+    os.environ["MEDARENA_DATABASE_URL"] = "postgresql://secret@db/x"
+    try:
+        proc = ModelProcess(model, 256, tmp_path, 60)
+    finally:
+        del os.environ["MEDARENA_DATABASE_URL"]
+    try:
+        env = Path(f"/proc/{proc.proc.pid}/environ").read_bytes().split(b"\0")
+        assert not [e for e in env if e.startswith(b"MEDARENA")]
+        assert proc.network == "isolated"  # a network namespace of its own (root here)
+        own = os.readlink(f"/proc/{proc.proc.pid}/ns/net")
+        assert own != os.readlink("/proc/self/ns/net")
+        x = np.arange(120, dtype=np.float32).reshape(1, 1, *SHAPE)
+        assert np.array_equal(proc.run(x, time.monotonic() + 30), x)
+    finally:
+        proc.close()
 
 
 def test_phase_submission_kinds_validated_with_the_field(spec_yaml: str) -> None:

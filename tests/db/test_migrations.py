@@ -82,4 +82,4 @@ def test_downgrade_to_base_and_back(db_url: str) -> None:
     command.downgrade(cfg, "base")
     assert current_revision(db_url) is None
     upgrade(db_url)
-    assert current_revision(db_url) == "0003"
+    assert current_revision(db_url) == "0004"

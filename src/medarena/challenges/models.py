@@ -9,31 +9,45 @@ Runtime's CPU provider cannot load (unsupported operators), and an input whose r
 channel count disagrees with the manifest and the track.
 
 The scoring job calls :func:`predict_cases`: every scored case (hidden ones included) is
-read from the object store, preprocessed with the lab's blocks named in the manifest
-(orientation, spacing, intensity normalisation), resized to ``inputs.size`` and run
-through ONNX Runtime (CPU provider only, one intra-op thread; ORT opens no socket). The
-outputs become exactly the file a predictions archive would hold, which the existing
-scoring path then scores. A case over ``time_per_case_s``, a non-finite output or an
-output of the wrong shape fails the submission naming the case. The predictions of hidden
-cases live only in the job's temporary folder and are never stored.
+read from the object store and preprocessed in the worker with the lab's blocks named in
+the manifest (orientation, spacing, intensity normalisation; dose: structure masks
+appended as channels); ONNX Runtime runs in a child process with the phase's limits
+enforced while it runs (:mod:`medarena.challenges.model_sandbox`: address-space cap,
+wall-clock timeout per case, one thread, no network, no credentials). The outputs become
+exactly the files a predictions archive would hold (a CSV of values, scores or detection
+candidates; label maps, dose grids or images on the case's grid), which the existing
+scoring path then scores. A case over a limit, a non-finite output or an output of the
+wrong shape fails the submission naming the case. The predictions of hidden cases live
+only in the job's temporary folder and are never stored.
 
-Supported so far: image-level tracks: regression (one value per case, the track's
-``value_column``), classification and multilabel (one score per class or label, optionally
-through a softmax or sigmoid). Segmentation (sliding windows) is not yet.
+Track kinds: regression (one value per case, the track's ``value_column``),
+classification and multilabel (one score per class or label, optionally through a
+softmax or sigmoid), segmentation (sliding windows, argmax or threshold), dose (one
+channel in Gy = scale * output + offset, clipped at 0), image-to-image (one channel,
+scale * output + offset) and detection (a heatmap whose peaks become candidates).
 """
 
 from __future__ import annotations
 
 import csv
-import resource
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from medarena.challenges.archives import ExtractedFile
+from medarena.challenges.model_sandbox import ModelProcess, SandboxError
 from medarena.challenges.spec import ModelLimits, Track
 from medarena.errors import InputError, UserInputError
 from medarena.imaging.nifti import read_nifti
@@ -42,9 +56,27 @@ from medarena.yamlerrors import YamlProblem, field_name, parse_mapping, problem_
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.yaml"
-MODEL_TASKS = ("regression", "classification", "multilabel", "segmentation")
+MODEL_TASKS = (
+    "regression",
+    "classification",
+    "multilabel",
+    "segmentation",
+    "dose",
+    "image-to-image",
+)
+# tracks whose model sees the case's own grid through sliding windows
+GRID_TASKS = ("segmentation", "dose", "image-to-image", "detection")
+# the output kind each grid task needs
+GRID_OUTPUTS = {
+    "segmentation": ("argmax", "threshold"),
+    "dose": ("image",),
+    "image-to-image": ("image",),
+    "detection": ("heatmap",),
+}
 # deterministic preprocessing blocks of the lab (medarena.lab.blocks) a manifest may name
 NORMALISATION_BLOCKS = ("ct_window", "zscore", "scale_range")
+
+logger = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
@@ -71,20 +103,52 @@ class Inputs(_Strict):
         None, min_length=2, max_length=3, description="Segmentation: the sliding window's size."
     )
     overlap: float = Field(0.25, ge=0, lt=1)
+    structures: list[str] = Field(
+        default_factory=list,
+        description="Dose: structure masks (the case's roi:<NAME> objects) appended as 0/1 "
+        "channels after the image channels, in this order; an absent structure is all 0.",
+    )
+    possible_dose_mask: bool = Field(
+        False, description="Dose: the possible-dose mask appended as the last channel."
+    )
 
 
 class Outputs(_Strict):
-    kind: Literal["value", "scores", "argmax", "threshold"] = Field(
+    kind: Literal["value", "scores", "argmax", "threshold", "image", "heatmap"] = Field(
         description="value: one number per output name (regression); scores: class or "
         "label scores, one per name (classification, multilabel); argmax: segmentation, "
         "channel 0 background and channel i the structure names[i-1]; threshold: "
-        "segmentation, one channel, >= threshold is names[0]."
+        "segmentation, one channel, >= threshold is names[0]; image: one channel on the "
+        "case's grid, written as scale * output + offset (dose in Gy, image-to-image); "
+        "heatmap: detection, one channel, candidates at its peaks."
     )
-    threshold: float = 0.5
-    names: list[str] = Field(min_length=1, description="The predictions CSV's columns.")
+    threshold: float = Field(
+        0.5, description="threshold: the foreground cut; heatmap: the least peak probability."
+    )
+    names: list[str] = Field(
+        default_factory=list,
+        validate_default=True,
+        description="The predictions CSV's columns or the structures (not for image, heatmap).",
+    )
     activation: Literal["none", "softmax", "sigmoid"] = Field(
-        "none", description="Applied to the model's output vector before it is written."
+        "none", description="Applied to the model's output vector (or heatmap) first."
     )
+    scale: float = Field(1.0, description="image: the written value is scale * output + offset.")
+    offset: float = 0.0
+    min_distance_mm: float = Field(
+        5.0, ge=0, description="heatmap: a peak closer than this to a stronger one is dropped."
+    )
+    max_candidates: int = Field(100, ge=1, le=1000, description="heatmap: candidates per case.")
+
+    @field_validator("names")
+    @classmethod
+    def _names_for_kind(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        kind = info.data.get("kind")
+        if kind in ("image", "heatmap") and names:
+            raise ValueError(f"kind {kind!r} writes one output; leave names out")
+        if kind not in (None, "image", "heatmap") and not names:
+            raise ValueError(f"kind {kind!r} needs at least one name")
+        return names
 
 
 class Manifest(_Strict):
@@ -160,9 +224,9 @@ def _manifest_track_problems(m: Manifest, track: Track) -> list[str]:
             f"for {', '.join(MODEL_TASKS)} tracks so far"
         )
         return problems
+    if track.task in GRID_TASKS:
+        return _grid_problems(m, track)
     kind, names = _expected_outputs(track)
-    if track.task == "segmentation":
-        return _segmentation_problems(m, track)
     if m.outputs.kind != kind or (names is not None and m.outputs.names != names):
         want = "" if names is None else f" and names {names}"
         problems.append(
@@ -176,6 +240,18 @@ def _manifest_track_problems(m: Manifest, track: Track) -> list[str]:
             f"{MANIFEST_FILE}: field inputs.size: {m.inputs.size} has "
             f"{len(m.inputs.size)} axes but inputs.spatial_dims is {m.inputs.spatial_dims}"
         )
+    problems += _dose_input_problems(m, track)
+    return problems + _block_problems(m)
+
+
+def _block_problems(m: Manifest) -> list[str]:
+    """The normalisation blocks' parameters, checked as the lab checks a recipe's."""
+    problems = []
+    for i, ref in enumerate(m.inputs.normalisation):
+        try:
+            _params(ref.block, ref.params, f"inputs.normalisation[{i}].params")
+        except UserInputError as exc:
+            problems.append(str(exc))
     return problems
 
 
@@ -185,24 +261,57 @@ def label_values(m: Manifest, track: Track) -> dict[str, int]:
     return {n: int(labels[n]) if n in labels else int(n) for n in m.outputs.names}
 
 
-def _segmentation_problems(m: Manifest, track: Track) -> list[str]:
+def in_channels(m: Manifest) -> int:
+    """Channels the model's input has: images, then structures, then the dose mask."""
+    return len(m.inputs.channels) + len(m.inputs.structures) + int(m.inputs.possible_dose_mask)
+
+
+def _dose_input_problems(m: Manifest, track: Track) -> list[str]:
     problems = []
-    if m.outputs.kind not in ("argmax", "threshold"):
+    if track.task != "dose":
+        for field in ("structures", "possible_dose_mask"):
+            if getattr(m.inputs, field):
+                problems.append(
+                    f"{MANIFEST_FILE}: field inputs.{field}: only for dose tracks "
+                    f"(this is a {track.task} track)"
+                )
+        return problems
+    rois = track.task_config.get("rois")
+    if rois:
+        bad = [n for n in m.inputs.structures if n not in rois]
+        if bad:
+            problems.append(
+                f"{MANIFEST_FILE}: field inputs.structures: {bad} are not structures of this "
+                f"track (task_config.rois: {', '.join(map(str, rois))})"
+            )
+    return problems
+
+
+def _grid_problems(m: Manifest, track: Track) -> list[str]:
+    problems = []
+    kinds = GRID_OUTPUTS[track.task]
+    if m.outputs.kind not in kinds:
         problems.append(
-            f"{MANIFEST_FILE}: field outputs.kind: {m.outputs.kind!r}; a segmentation track "
-            "needs 'argmax' or 'threshold'"
+            f"{MANIFEST_FILE}: field outputs.kind: {m.outputs.kind!r}; this {track.task} track "
+            f"needs {' or '.join(repr(k) for k in kinds)}"
         )
-    if m.outputs.kind == "threshold" and len(m.outputs.names) != 1:
-        problems.append(f"{MANIFEST_FILE}: field outputs.names: threshold maps to one name")
-    labels = track.task_config.get("labels") or {}
-    bad = [n for n in m.outputs.names if n not in labels and not n.isdigit()]
-    if bad:
+    if track.task == "segmentation":
+        if m.outputs.kind == "threshold" and len(m.outputs.names) != 1:
+            problems.append(f"{MANIFEST_FILE}: field outputs.names: threshold maps to one name")
+        labels = track.task_config.get("labels") or {}
+        bad = [n for n in m.outputs.names if n not in labels and not n.isdigit()]
+        if bad:
+            problems.append(
+                f"{MANIFEST_FILE}: field outputs.names: {bad} are neither the track's "
+                f"structures ({', '.join(labels) or 'none named'}) nor label values"
+            )
+    if m.outputs.kind == "heatmap" and m.outputs.activation == "softmax":
         problems.append(
-            f"{MANIFEST_FILE}: field outputs.names: {bad} are neither the track's structures "
-            f"({', '.join(labels) or 'none named'}) nor label values"
+            f"{MANIFEST_FILE}: field outputs.activation: a heatmap takes 'sigmoid' or 'none' "
+            "(its values must be probabilities in [0, 1])"
         )
     if m.inputs.patch_size is None:
-        problems.append(f"{MANIFEST_FILE}: field inputs.patch_size: segmentation needs it")
+        problems.append(f"{MANIFEST_FILE}: field inputs.patch_size: a {track.task} model needs it")
     elif len(m.inputs.patch_size) != m.inputs.spatial_dims:
         problems.append(
             f"{MANIFEST_FILE}: field inputs.patch_size: {m.inputs.patch_size} has "
@@ -211,10 +320,11 @@ def _segmentation_problems(m: Manifest, track: Track) -> list[str]:
     for field in ("orientation", "spacing", "size"):
         if getattr(m.inputs, field) is not None:
             problems.append(
-                f"{MANIFEST_FILE}: field inputs.{field}: not supported for segmentation yet "
-                "(predictions must stay on the case's own grid)"
+                f"{MANIFEST_FILE}: field inputs.{field}: not supported for {track.task} yet "
+                "(outputs must stay on the case's own grid)"
             )
-    return problems
+    problems += _dose_input_problems(m, track)
+    return problems + _block_problems(m)
 
 
 def _activate(v: np.ndarray, activation: str) -> np.ndarray:
@@ -241,10 +351,14 @@ def _input_problems(session: Any, m: Manifest) -> list[str]:
         ]
     problems = []
     channels = shape[1]
-    if isinstance(channels, int) and channels != len(m.inputs.channels):
+    if isinstance(channels, int) and channels != in_channels(m):
+        extra = ""
+        if m.inputs.structures or m.inputs.possible_dose_mask:
+            extra = " plus inputs.structures and inputs.possible_dose_mask"
         problems.append(
             f"{MODEL_FILE}: input {inputs[0].name!r} has {channels} channels but "
-            f"manifest inputs.channels lists {len(m.inputs.channels)}"
+            f"manifest inputs.channels lists {len(m.inputs.channels)}{extra} "
+            f"({in_channels(m)} in all)"
         )
     spatial = m.inputs.size or m.inputs.patch_size or []
     for axis, (got, size) in enumerate(zip(shape[2:], spatial, strict=False)):
@@ -350,20 +464,32 @@ def _preprocess(image: np.ndarray, affine: np.ndarray, m: Manifest) -> np.ndarra
     return np.asarray(out.as_tensor() if isinstance(out, MetaTensor) else out, dtype=np.float32)
 
 
-def _params(block: str, values: dict[str, Any]) -> Any:
+def _params(block: str, values: dict[str, Any], where: str = "") -> Any:
     from medarena.lab.blocks import REGISTRY
 
     try:
         return REGISTRY[block].params.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
+        field = field_name(tuple(first["loc"]))
+        at = f"field {where}.{field}" if where else f"parameter {field}"
+        value = "" if first["type"] == "missing" else f"{first.get('input')!r}: "
         raise UserInputError(
-            f"{MANIFEST_FILE}: block {block!r} parameter {field_name(tuple(first['loc']))}: "
-            f"{first['msg']}"
+            f"{MANIFEST_FILE}: {at} of block {block!r}: {value}{first['msg']}"
         ) from None
 
 
-def _case_image(store: LocalObjectStore, case: Any, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class _CaseInput:
+    """One case's model input (channel-first, before preprocessing) and its grid."""
+
+    image: np.ndarray  # the case's image channels
+    masks: np.ndarray | None  # dose: structure (and possible-dose) masks, 0/1 channels
+    affine: np.ndarray  # NIfTI (RAS) voxel -> world of the image grid
+
+
+def _case_input(store: LocalObjectStore, case: Any, m: Manifest) -> _CaseInput:
+    ndim = m.inputs.spatial_dims
     objs = sorted((o for o in case.objects if o.role == "image"), key=lambda o: o.name)
     if not objs:
         raise RuntimeError(f"case {case.case_key!r} has no image object")
@@ -374,11 +500,55 @@ def _case_image(store: LocalObjectStore, case: Any, ndim: int) -> tuple[np.ndarr
         channels.append(arr[None] if arr.ndim == ndim else np.moveaxis(arr, -1, 0))
         affine = img.nifti_affine() if affine is None else affine
     assert affine is not None
-    return np.concatenate(channels, axis=0), affine
+    image = np.concatenate(channels, axis=0)
+    masks = None
+    roles = [f"roi:{n}" for n in m.inputs.structures]
+    if m.inputs.possible_dose_mask:
+        roles.append("possible_dose_mask")
+    if roles:
+        by_role = {o.role: o for o in case.objects}
+        layers = []
+        for role in roles:
+            if role not in by_role:  # an absent structure: OpenKBP gives no mask either
+                layers.append(np.zeros(image.shape[1:], np.float32))
+                continue
+            arr = read_nifti(store.path_of(by_role[role].digest)).array
+            if arr.shape != image.shape[1:]:
+                raise RuntimeError(f"case {case.case_key!r}: {role} is not on the image's grid")
+            layers.append((arr > 0).astype(np.float32))
+        masks = np.stack(layers)
+    return _CaseInput(image, masks, affine)
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+def _limit_error(exc: SandboxError, key: str, limits: ModelLimits) -> UserInputError:
+    """The participant's reason for a child that failed on case ``key``."""
+    if exc.kind == "time":
+        return UserInputError(
+            f"model exceeded the time limit of {limits.time_per_case_s:g} s on case {key} "
+            "(this phase's model_limits.time_per_case_s; the inference process was stopped)"
+        )
+    if exc.kind == "memory":
+        return UserInputError(
+            f"model exceeded the memory limit of {limits.memory_mb} MB on case {key} "
+            f"(this phase's model_limits.memory_mb): {exc.message}"
+        )
+    if exc.kind == "crash":
+        return UserInputError(
+            f"{exc.message} on case {key}; a model over the memory limit of "
+            f"{limits.memory_mb} MB (model_limits.memory_mb) ends this way"
+        )
+    return UserInputError(f"case {key}: ONNX Runtime failed: {exc.message}")
+
+
+def _start(model: Path, limits: ModelLimits, workdir: Path) -> ModelProcess:
+    try:
+        proc = ModelProcess(model, limits.memory_mb, workdir, 60 + limits.time_per_case_s)
+    except SandboxError as exc:
+        if exc.kind == "runtime":
+            raise UserInputError(f"ONNX Runtime cannot load {MODEL_FILE}: {exc.message}") from None
+        raise _limit_error(exc, "(loading the model)", limits) from None
+    logger.info("model process %d started (network: %s)", proc.proc.pid, proc.network)
+    return proc
 
 
 def predict_cases(
@@ -390,11 +560,12 @@ def predict_cases(
     dest: Path,
     progress: Any = None,
 ) -> Path:
-    """Run the model of ``files_dir`` on ``cases``; the predictions file it wrote in ``dest``.
+    """Run the model of ``files_dir`` on ``cases``; the predictions it wrote in ``dest``.
 
-    Raises UserInputError (the submission fails with that reason, no retry) for a model
-    over a limit, a non-finite or misshapen output, or a case whose channels disagree
-    with the manifest.
+    The worker reads and preprocesses each case; ONNX Runtime runs in a child process with
+    the phase's limits (:mod:`medarena.challenges.model_sandbox`). Raises UserInputError
+    (the submission fails with that reason, no retry) for a model over a limit, a
+    non-finite or misshapen output, or a case whose channels disagree with the manifest.
     """
     model_path = model_file(files_dir)
     manifest_path = next((p for p in files_dir.iterdir() if p.name.lower() == MANIFEST_FILE), None)
@@ -404,86 +575,142 @@ def predict_cases(
         manifest = parse_manifest(manifest_path.read_text(encoding="utf-8"))
     except ManifestError as exc:
         raise UserInputError(str(exc)) from None
-    session = _session(model_path)
-    name = session.get_inputs()[0].name
-    columns = manifest.outputs.names
-    ndim = manifest.inputs.spatial_dims
-    rss_before = _peak_rss_mb()
-    segmentation = track.task == "segmentation"
     dest.mkdir(parents=True, exist_ok=True)
-    rows: list[list[str]] = []
-    for i, case in enumerate(cases):
-        image, affine = _case_image(store, case, ndim)
-        if image.shape[0] != len(manifest.inputs.channels):
-            raise UserInputError(
-                f"case {case.case_key}: the track's images have {image.shape[0]} channel(s) "
-                f"but the manifest lists {len(manifest.inputs.channels)}"
-            )
-        start = time.monotonic()
-        x = _preprocess(image, affine, manifest)[None]
-        try:
-            if segmentation:
-                out = _sliding_window(session, name, x, manifest)
-            else:
-                out = np.asarray(session.run(None, {name: x})[0])
-        except UserInputError as exc:
-            raise UserInputError(f"case {case.case_key}: {exc}") from None
-        except Exception as exc:  # ORT's own error classes
-            raise UserInputError(
-                f"case {case.case_key}: ONNX Runtime failed: {_short(exc)}"
-            ) from None
-        elapsed = time.monotonic() - start
-        if elapsed > limits.time_per_case_s:
-            raise UserInputError(
-                f"case {case.case_key}: inference took {elapsed:.1f} s, above this phase's "
-                f"model_limits.time_per_case_s of {limits.time_per_case_s:g} s"
-            )
-        grown = _peak_rss_mb() - rss_before
-        if grown > limits.memory_mb:
-            raise UserInputError(
-                f"case {case.case_key}: inference grew the worker's memory by {grown:.0f} MB, "
-                f"above this phase's model_limits.memory_mb of {limits.memory_mb} MB"
-            )
-        if segmentation:
-            _write_label_map(out, image.shape[1:], affine, case.case_key, manifest, track, dest)
+    writer = _Writer(track, manifest, dest)
+    proc = _start(model_path, limits, dest)
+    try:
+        for i, case in enumerate(cases):
+            deadline = time.monotonic() + limits.time_per_case_s
+            data = _case_input(store, case, manifest)
+            if data.image.shape[0] != len(manifest.inputs.channels):
+                raise UserInputError(
+                    f"case {case.case_key}: the track's images have {data.image.shape[0]} "
+                    f"channel(s) but the manifest lists {len(manifest.inputs.channels)}"
+                )
+            x = _preprocess(data.image, data.affine, manifest)
+            if data.masks is not None:
+                x = np.concatenate([x, data.masks], axis=0)
+            try:
+                if track.task in GRID_TASKS:
+                    out = _sliding_window(proc, x[None], manifest, deadline)
+                else:
+                    out = proc.run(x[None], deadline)
+            except SandboxError as exc:
+                raise _limit_error(exc, case.case_key, limits) from None
+            if time.monotonic() > deadline:  # the windows' blending after the last answer
+                raise _limit_error(SandboxError("time", ""), case.case_key, limits)
+            writer.write(case.case_key, out, data)
             if progress is not None:
                 progress(i + 1, len(cases))
-            continue
+    finally:
+        proc.close()
+    return writer.finish()
+
+
+class _Writer:
+    """Writes each case's output as a predictions archive of the track's kind would hold."""
+
+    def __init__(self, track: Track, m: Manifest, dest: Path) -> None:
+        self.track, self.m, self.dest = track, m, dest
+        self.rows: list[list[str]] = []
+
+    def write(self, key: str, out: np.ndarray, data: _CaseInput) -> None:
+        task = self.track.task
+        if task == "segmentation":
+            _write_label_map(
+                out, data.image.shape[1:], data.affine, key, self.m, self.track, self.dest
+            )
+        elif task in ("dose", "image-to-image"):
+            self._write_image(key, out, data)
+        elif task == "detection":
+            self._write_candidates(key, out, data)
+        else:
+            self._write_values(key, out)
+
+    def _grid_output(self, key: str, out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if out.ndim != len(shape) + 2 or out.shape[1] != 1 or tuple(out.shape[2:]) != shape:
+            raise UserInputError(
+                f"case {key}: output shape {list(out.shape)}; expected [1, 1, "
+                f"{', '.join(map(str, shape))}] (outputs.kind {self.m.outputs.kind!r}: one "
+                "channel on the case's grid)"
+            )
+        if not np.all(np.isfinite(out)):
+            raise UserInputError(
+                f"case {key}: the model's output holds NaN or infinite values; they are not scored"
+            )
+        return np.asarray(out[0, 0], dtype=np.float64)
+
+    def _write_image(self, key: str, out: np.ndarray, data: _CaseInput) -> None:
+        import nibabel as nib
+
+        values = self._grid_output(key, out, data.image.shape[1:])
+        values = values * self.m.outputs.scale + self.m.outputs.offset
+        if self.track.task == "dose":
+            values = np.maximum(values, 0.0)  # a dose is never negative (Gy)
+        img = nib.Nifti1Image(values.astype(np.float32), data.affine)
+        nib.save(img, str(self.dest / f"{key}.nii.gz"))
+
+    def _write_candidates(self, key: str, out: np.ndarray, data: _CaseInput) -> None:
+        from medarena.lab.detection import heatmap_candidates
+
+        h = self._grid_output(key, out, data.image.shape[1:])
+        if self.m.outputs.activation == "sigmoid":
+            h = 1.0 / (1.0 + np.exp(-h))
+        elif h.min() < 0 or h.max() > 1:
+            raise UserInputError(
+                f"case {key}: the heatmap has values in [{h.min():g}, {h.max():g}]; with "
+                "outputs.activation 'none' they must be probabilities in [0, 1] "
+                "(or set activation: sigmoid)"
+            )
+        o = self.m.outputs
+        for c in heatmap_candidates(
+            h,
+            data.affine,
+            threshold=o.threshold,
+            min_distance_mm=o.min_distance_mm,
+            max_candidates=o.max_candidates,
+        ):
+            self.rows.append([key, *(repr(c[k]) for k in ("x", "y", "z", "probability"))])
+
+    def _write_values(self, key: str, out: np.ndarray) -> None:
+        columns = self.m.outputs.names
         if out.size != len(columns):
             raise UserInputError(
-                f"case {case.case_key}: output shape {list(out.shape)}; the manifest's "
+                f"case {key}: output shape {list(out.shape)}; the manifest's "
                 f"outputs.names need {len(columns)} value(s) per case (shape [1, {len(columns)}])"
             )
         raw = out.reshape(-1)
         if not np.all(np.isfinite(raw)):
             raise UserInputError(
-                f"case {case.case_key}: the model's output is not finite "
+                f"case {key}: the model's output is not finite "
                 f"({', '.join(str(float(v)) for v in raw[:5])}); "
                 "NaN and infinite outputs are not scored"
             )
-        values = _activate(raw, manifest.outputs.activation)
-        rows.append([case.case_key, *(repr(float(v)) for v in values)])
-        if progress is not None:
-            progress(i + 1, len(cases))
-    if segmentation:
-        return dest
-    path = dest / "predictions.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["case_id", *columns])
-        w.writerows(rows)
-    return path
+        values = _activate(raw, self.m.outputs.activation)
+        self.rows.append([key, *(repr(float(v)) for v in values)])
+
+    def finish(self) -> Path:
+        """The path the scoring reads: the folder of images, or the predictions CSV."""
+        if self.track.task in ("segmentation", "dose", "image-to-image"):
+            return self.dest
+        header = ["x", "y", "z", "probability"] if self.track.task == "detection" else None
+        path = self.dest / "predictions.csv"
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["case_id", *(header or self.m.outputs.names)])
+            w.writerows(self.rows)
+        return path
 
 
-def _sliding_window(session: Any, name: str, x: np.ndarray, m: Manifest) -> np.ndarray:
-    """MONAI's sliding-window inference with ONNX Runtime as the predictor (channels out)."""
+def _sliding_window(proc: ModelProcess, x: np.ndarray, m: Manifest, deadline: float) -> np.ndarray:
+    """MONAI's sliding-window inference with the child's ONNX Runtime as the predictor."""
     import torch
     from monai.inferers import sliding_window_inference
 
     assert m.inputs.patch_size is not None
 
     def predict(patch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(session.run(None, {name: patch.numpy()})[0]))
+        return torch.from_numpy(proc.run(patch.numpy(), deadline))
 
     with torch.no_grad():
         out = sliding_window_inference(

@@ -1,11 +1,21 @@
-"""Tables of the lab's model registry (same declarative Base, migration 0003)."""
+"""Tables of the lab: the model registry (migration 0003) and training runs (0004)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from medarena.db.models import Base, UTCDateTime, utcnow
@@ -35,3 +45,39 @@ class LabModel(Base):
     onnx_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     export: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # parity figures
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LabRun(Base):
+    """A training run launched as a job (web UI, API or ``medarena lab runs submit``).
+
+    ``status``: queued -> running -> succeeded | failed | cancelled. The last progress
+    report (epoch, step, loss, validation metric) is copied here at most about once a
+    second; the curve points themselves live in ``out_dir`` (``points.jsonl``).
+    """
+
+    __tablename__ = "lab_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(80))  # the recipe's name
+    recipe_yaml: Mapped[str] = mapped_column(Text)
+    recipe_digest: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
+    )
+    out_dir: Mapped[str] = mapped_column(String(1000), default="")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    epochs: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    steps: Mapped[int] = mapped_column(Integer, default=0)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    metric_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metric: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_ref: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -13,8 +13,13 @@ from collections.abc import Iterable, Mapping
 from medarena.errors import ConfigError
 from medarena.jobs.worker import Handler
 
-# The challenge platform's scoring handlers (challenges/scoring.py exports HANDLERS).
-PLATFORM_HANDLER_SOURCES: tuple[str, ...] = ("medarena.challenges.scoring:HANDLERS",)
+# The challenge platform's scoring handlers (challenges/scoring.py exports HANDLERS) and
+# the lab's training runs (lab/runs.py: job kind "lab.train").
+PLATFORM_HANDLER_SOURCES: tuple[str, ...] = (
+    "medarena.challenges.scoring:HANDLERS",
+    "medarena.challenges.explanations:HANDLERS",
+    "medarena.lab.runs:HANDLERS",
+)
 
 
 def load_handlers(sources: Iterable[str]) -> dict[str, Handler]:

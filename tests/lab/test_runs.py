@@ -1,0 +1,276 @@
+"""Training runs as jobs: launched through the real API, trained by a real Worker.
+
+The catalogue (SQLite + object store) holds ``disks2d`` (8 cases of 32x32) with two splits:
+``default`` (train/validation) and ``challenge`` (train/validation + a hidden ``test``).
+Runs train on the ``challenge`` split's public subsets; ``default`` contains the hidden
+test cases, so it is refused, as is a recipe validating on ``test``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from labdata import write_dataset
+from sqlalchemy import func, select
+
+from medarena.accounts.tokens import create_token
+from medarena.config import Settings, get_settings
+from medarena.datasets.catalogue import Catalogue, make_split, open_catalogue
+from medarena.datasets.ingest import ingest
+from medarena.datasets.splits import SplitSpec
+from medarena.db.lab_models import LabRun
+from medarena.db.platform_models import Job, User
+from medarena.jobs import Worker
+from medarena.jobs.registry import PLATFORM_HANDLER_SOURCES, load_handlers
+from medarena.lab.registry import get_model
+from medarena.lab.runs import HANDLERS, read_points
+from medarena.web.app import create_app
+
+RECIPE = """\
+name: NAME
+dataset: {name: disks2d, split: challenge}
+task: {type: segmentation, spatial_dims: 2, num_classes: 2}
+preprocess:
+  - block: zscore
+  - block: rand_crop_by_label
+network:
+  block: unet
+  params: {channels: [4, 8], strides: [2], num_res_units: 0}
+loss: {block: dice_ce}
+optimizer: {block: adam, params: {lr: 0.01}}
+trainer: {epochs: EPOCHS, batch_size: 2, patch_size: [16, 16], seed: 3, val_every: VAL}
+export: {onnx: ONNX}
+"""
+
+
+def recipe(name: str, epochs: int = 2, val_every: int = 1, onnx: bool = True) -> str:
+    return (
+        RECIPE.replace("NAME", name)
+        .replace("EPOCHS", str(epochs))
+        .replace("VAL", str(val_every))
+        .replace("ONNX", "true" if onnx else "false")
+    )
+
+
+@dataclass
+class World:
+    settings: Settings
+    cat: Catalogue
+    client: TestClient
+    headers: dict[str, dict[str, str]]
+
+    def worker(self, **kw: float) -> Worker:
+        return Worker(self.cat.sessions, HANDLERS, settings=self.settings, **kw)
+
+    def launch(self, who: str, text: str) -> int:
+        r = self.client.post("/api/v1/lab/runs", json={"recipe": text}, headers=self.headers[who])
+        assert r.status_code == 201, r.text
+        return int(r.json()["id"])
+
+    def run(self, who: str, run_id: int) -> dict:  # type: ignore[type-arg]
+        r = self.client.get(f"/api/v1/lab/runs/{run_id}", headers=self.headers[who])
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("labruns")
+    settings = get_settings(data_dir=base / "data", secret_key="s" * 48)
+    cat = open_catalogue(settings)
+    write_dataset(base / "src", 2, 32)
+    assert ingest(cat, base / "src", "disks2d").cases_added == 8
+    make_split(
+        cat,
+        "disks2d",
+        SplitSpec(subsets=("train", "validation"), ratios=(0.75, 0.25), group_by=None),
+    )
+    make_split(
+        cat,
+        "disks2d",
+        SplitSpec(
+            name="challenge",
+            subsets=("train", "validation", "test"),
+            ratios=(0.5, 0.25, 0.25),
+            group_by=None,
+            hidden=("test",),
+        ),
+    )
+    headers = {}
+    with cat.sessions() as s, s.begin():
+        for name in ("ada", "bob", "root"):
+            user = User(
+                email=f"{name}@example.org",
+                display_name=name,
+                password_hash="-",
+                is_admin=name == "root",
+            )
+            s.add(user)
+            s.flush()
+            headers[name] = {"Authorization": f"Bearer {create_token(s, user, 't')[1]}"}
+    client = TestClient(create_app(settings, cat))
+    yield World(settings, cat, client, headers)
+    cat.close()
+
+
+def _count(cat: Catalogue) -> tuple[int, int]:
+    with cat.sessions() as s:
+        return (
+            int(s.scalar(select(func.count()).select_from(LabRun)) or 0),
+            int(s.scalar(select(func.count()).select_from(Job)) or 0),
+        )
+
+
+def test_launch_train_follow_and_register(world: World) -> None:
+    assert "lab.train" in load_handlers(PLATFORM_HANDLER_SOURCES)  # `medarena worker` runs it
+    run_id = world.launch("ada", recipe("runs-seg"))
+    first = world.run("ada", run_id)
+    assert first["status"] == "queued" and first["url"] == f"/lab/runs/{run_id}"
+    # other users do not see it (404, as for no run); admins do
+    bob = world.client.get(f"/api/v1/lab/runs/{run_id}", headers=world.headers["bob"])
+    assert bob.status_code == 404
+    assert world.run("root", run_id)["name"] == "runs-seg"
+    assert world.client.get("/api/v1/lab/runs", headers=world.headers["bob"]).json() == []
+    cancel = world.client.post(f"/api/v1/lab/runs/{run_id}/cancel", headers=world.headers["bob"])
+    assert cancel.status_code == 404
+
+    assert world.worker().run_until_idle() == 1
+    done = world.run("ada", run_id)
+    assert done["status"] == "succeeded", done["error"]
+    # 4 train cases, batch 2: 2 steps per epoch, 2 epochs; dice validated after each epoch
+    assert [s for s, _ in done["points"]["loss"]] == [1, 2, 3, 4]
+    assert [e for e, _ in done["points"]["metric"]] == [1, 2]
+    assert done["progress"]["fraction"] == 1.0 and done["progress"]["metric_name"] == "dice"
+    model = get_model(world.cat, done["model"])
+    assert model.name == "runs-seg" and model.onnx_digest is not None
+    assert done["model_url"] == f"/lab/models/{done['model']}"
+    listed = world.client.get("/api/v1/lab/runs", headers=world.headers["ada"]).json()
+    assert [r["id"] for r in listed] == [run_id] and "points" not in listed[0]
+    # the run page and the lab index show it
+    page = world.client.get(f"/lab/runs/{run_id}", headers=world.headers["ada"])
+    assert page.status_code == 200 and 'data-status="succeeded"' in page.text
+    index = world.client.get("/lab", headers=world.headers["ada"])
+    assert f'href="/lab/runs/{run_id}"' in index.text and "/lab/builder" in index.text
+    assert world.client.get(f"/lab/runs/{run_id}", headers=world.headers["bob"]).status_code == 404
+    # a finished run cannot be cancelled
+    again = world.client.post(f"/api/v1/lab/runs/{run_id}/cancel", headers=world.headers["ada"])
+    assert again.status_code == 409 and "succeeded" in again.json()["detail"]
+
+
+def test_recipe_problems_and_hidden_data_are_refused(world: World) -> None:
+    before = _count(world.cat)
+
+    def problems(text: str) -> list[dict]:  # type: ignore[type-arg]
+        r = world.client.post(
+            "/api/v1/lab/runs", json={"recipe": text}, headers=world.headers["ada"]
+        )
+        assert r.status_code == 422, r.text
+        return list(r.json()["problems"])
+
+    typo = recipe("typo").replace("block: unet", "block: unett")
+    (p,) = problems(typo)
+    assert (
+        p["line"] == 8 and p["field"] == "network.block" and "did you mean 'unet'" in p["message"]
+    )
+    (p,) = problems(recipe("x").replace("split: challenge}", "split: challenge, validation: test}"))
+    assert p["field"] == "dataset.validation" and "hidden" in p["message"] and p["line"] == 2
+    # split 'default' holds the cases that 'challenge' hides
+    (p,) = problems(recipe("x").replace("split: challenge", "split: default"))
+    assert "hidden by another split" in p["message"] and p["field"] == "dataset.split"
+    (p,) = problems(recipe("x").replace("disks2d", "nosuch"))
+    assert "no dataset 'nosuch'" in p["message"] and "disks2d" in p["message"]
+    assert _count(world.cat) == before  # nothing stored
+    # the form shows the problems inline, with their line
+    csrf_free = world.client.post(
+        "/lab/runs", data={"recipe": typo, "action": "launch"}, headers=world.headers["ada"]
+    )
+    assert csrf_free.status_code == 422 and "line 8, field network.block" in csrf_free.text
+    ok = world.client.post(
+        "/lab/runs",
+        data={"recipe": recipe("ok"), "action": "validate"},
+        headers=world.headers["ada"],
+    )
+    assert ok.status_code == 200 and "The recipe is valid" in ok.text
+    assert _count(world.cat) == before
+    anonymous = world.client.post("/api/v1/lab/runs", json={"recipe": recipe("a")})
+    assert anonymous.status_code == 401
+
+
+def test_cancel_queued_and_running(world: World) -> None:
+    queued = world.launch("ada", recipe("runs-cancel-q"))
+    r = world.client.post(f"/api/v1/lab/runs/{queued}/cancel", headers=world.headers["ada"])
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert world.worker().run_until_idle() == 1  # the job finds the run cancelled
+    assert world.run("ada", queued)["points"]["loss"] == []
+
+    running = world.launch("ada", recipe("runs-cancel-r", epochs=200, val_every=100, onnx=False))
+    worker = world.worker()
+    t = threading.Thread(target=worker.run_until_idle)
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while world.run("ada", running)["progress"]["step"] == 0:
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+        cancel = world.client.post(
+            f"/api/v1/lab/runs/{running}/cancel", headers=world.headers["ada"]
+        )
+        assert cancel.status_code == 200 and cancel.json()["cancel_requested"] is True
+    finally:
+        t.join(60)
+    assert not t.is_alive()
+    run = world.run("ada", running)
+    assert run["status"] == "cancelled" and run["model"] is None
+    assert 0 < len(run["points"]["loss"]) < 400  # stopped long before its 400 steps
+
+
+def test_killed_worker_resumes_from_checkpoint(world: World) -> None:
+    run_id = world.launch("ada", recipe("runs-kill", epochs=6, val_every=3, onnx=False))
+    with world.cat.sessions() as s:
+        run = s.get(LabRun, run_id)
+        assert run is not None
+        out_dir, job_id = Path(run.out_dir), run.job_id
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDARENA_")}
+    env |= {"MEDARENA_DATA_DIR": str(world.settings.data_dir), "OMP_NUM_THREADS": "1"}
+    medarena = Path(sys.executable).parent / "medarena"
+    proc = subprocess.Popen(
+        [str(medarena), "worker", "--until-idle", "--lease-seconds", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not (out_dir / "checkpoints" / "last.pt").exists():
+            assert proc.poll() is None, f"the worker exited early: {proc.stderr.read()}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = world.run("ada", run_id)
+    assert killed_at["status"] == "running" and killed_at["progress"]["epoch"] < 6
+    time.sleep(2.5)  # the dead worker's lease expires
+    assert world.worker().run_until_idle() == 1
+    done = world.run("ada", run_id)
+    assert done["status"] == "succeeded", done["error"]
+    with world.cat.sessions() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        assert job.attempts == 2 and job.state == "done"
+        assert job.result["resumed_from_epoch"] >= 1
+    # every step once, in order, although the epoch in progress at the kill ran twice
+    steps = [s for s, _ in read_points(out_dir)["loss"]]
+    assert steps == list(range(1, 13))
+    assert [e for e, _ in done["points"]["metric"]] == [3, 6]
