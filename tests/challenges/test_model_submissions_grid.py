@@ -11,6 +11,7 @@ track tests run on PostgreSQL too).
 
 from __future__ import annotations
 
+import csv
 import io
 import zipfile
 from pathlib import Path
@@ -35,6 +36,7 @@ from medarena.challenges.submissions import SubmissionRefused
 from medarena.config import get_settings
 from medarena.datasets.catalogue import Catalogue, open_catalogue
 from medarena.datasets.dose import attach_dose_references
+from medarena.datasets.findings import attach_findings
 from medarena.datasets.ingest import ingest
 
 MODEL_PHASES = [{**p, "submission_kinds": ["predictions", "model"]} for p in PHASES]
@@ -239,3 +241,107 @@ def test_image_to_image_model_scores_like_its_images(cat: Catalogue, tmp_path: P
     scores = _same_scores(cat, by_images, by_model)
     assert 0 < scores["mae"] < 5
     assert scored_result(cat, hidden)[0].primary_score is not None
+
+
+NODULES = [(4.0, 4.0, 3.0, 4.0), (11.0, 10.0, 4.0, 5.0)]  # voxel = world mm (identity)
+
+
+def _write_lung_world(src: Path, n: int = 4) -> tuple[dict[str, np.ndarray], Path]:
+    """16x16x8 CTs with a bright blob at each nodule, and LUNA16-style annotations."""
+    src.mkdir(parents=True)
+    grid = np.indices((16, 16, 8), dtype=np.float64)
+    images, rows = {}, ["seriesuid,coordX,coordY,coordZ,diameter_mm"]
+    for i in range(n):
+        key = f"lung{i}"
+        ct = np.full((16, 16, 8), -800.0) + np.random.default_rng(i).normal(0, 5, (16, 16, 8))
+        for x, y, z, d in NODULES:
+            d2 = (grid[0] - x) ** 2 + (grid[1] - y) ** 2 + (grid[2] - z) ** 2
+            ct += 900.0 * np.exp(-d2 / 2.0)
+            rows.append(f"{key},{x},{y},{z},{d}")
+        images[key] = ct.astype(np.float32)
+        nib.save(nib.Nifti1Image(images[key], np.eye(4)), str(src / f"{key}.nii.gz"))
+    annotations = src.parent / "annotations.csv"
+    annotations.write_text("\n".join(rows) + "\n")
+    return images, annotations
+
+
+LUNA_SPEC = {
+    "slug": "luna",
+    "title": "Lung nodules",
+    "rules": "Find the nodules.",
+    "tracks": [
+        {
+            "slug": "nodules",
+            "title": "Nodules",
+            "task": "detection",
+            "task_config": {"bootstrap": 20},
+            "metrics": ["cpm", "sens@1"],
+            "primary_metric": "cpm",
+            "dataset": "lung",
+            "split": "s",
+        }
+    ],
+    "phases": MODEL_PHASES,
+}
+DETECTION_MANIFEST = """\
+inputs:
+  channels: [CT]
+  patch_size: [8, 8, 8]
+outputs:
+  kind: heatmap
+  activation: sigmoid
+  threshold: 0.1
+  min_distance_mm: 3.0
+  max_candidates: 10
+"""
+
+
+def test_detection_model_scores_like_its_candidates(cat: Catalogue, tmp_path: Path) -> None:
+    from medarena.lab.detection import heatmap_candidates
+
+    images, annotations = _write_lung_world(tmp_path / "src")
+    ingest(cat, tmp_path / "src", "lung")
+    split_dataset(cat, "lung")
+    attach_findings(cat, "lung", annotations)
+    uid, keys = create_challenge(cat, LUNA_SPEC, "lung")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case_id", "x", "y", "z", "probability"])
+    for key in keys["validation"]:
+        heat = 1.0 / (1.0 + np.exp(-0.01 * images[key].astype(np.float64)))
+        found = heatmap_candidates(
+            heat, np.eye(4), threshold=0.1, min_distance_mm=3.0, max_candidates=10
+        )
+        assert len(found) == len(NODULES)
+        w.writerows([key, c["x"], c["y"], c["z"], c["probability"]] for c in found)
+    model = _pointwise([0.01], 0.0, [8, 8, 8])
+    by_csv = submit_bytes(
+        cat, uid, "luna", "nodules", "val", _zip({"c.csv": buf.getvalue()}), "c.zip"
+    )
+    archive = _zip({"model.onnx": model, "manifest.yaml": DETECTION_MANIFEST})
+    by_model = submit_bytes(cat, uid, "luna", "nodules", "val", archive, "m.zip")
+    hidden = submit_bytes(cat, uid, "luna", "nodules", "test", archive, "m.zip")
+    softmax = DETECTION_MANIFEST.replace("activation: sigmoid", "activation: softmax")
+    with pytest.raises(SubmissionRefused, match="a heatmap takes 'sigmoid' or 'none'"):
+        submit_bytes(
+            cat,
+            uid,
+            "luna",
+            "nodules",
+            "val",
+            _zip({"model.onnx": model, "manifest.yaml": softmax}),
+            "m.zip",
+        )
+    # without the sigmoid the logits are no probabilities: failed with the case and range
+    raw = _zip({"model.onnx": model, "manifest.yaml": softmax.replace("softmax", "none")})
+    logits = submit_bytes(cat, uid, "luna", "nodules", "val", raw, "m.zip")
+    assert score_all(cat) == 4
+    scores = _same_scores(cat, by_csv, by_model)
+    assert scores["cpm"] == pytest.approx(1.0)  # both nodules found, no false positive
+    assert scored_result(cat, hidden)[0].primary_score == pytest.approx(1.0)
+    with cat.sessions() as s:
+        from medarena.db.platform_models import Submission
+
+        sub = s.get(Submission, logits)
+        assert sub is not None and sub.status == "failed"
+    assert f"case {keys['validation'][0]}: the heatmap has values in" in str(sub.error)

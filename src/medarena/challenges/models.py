@@ -63,6 +63,7 @@ MODEL_TASKS = (
     "segmentation",
     "dose",
     "image-to-image",
+    "detection",
 )
 # tracks whose model sees the case's own grid through sliding windows
 GRID_TASKS = ("segmentation", "dose", "image-to-image", "detection")
