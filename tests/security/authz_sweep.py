@@ -80,6 +80,7 @@ def path_values(w: World) -> dict[str, list[Any]]:
         "name": ["brain"],
         "token": sorted(w.invitation_tokens.values()),
         "token_id": sorted(c.spare_token_id for c in w.callers.values() if c.spare_token_id),
+        "run_id": sorted(w.lab_runs.values()),
     }
 
 
@@ -95,6 +96,16 @@ QUERY_VALUES: dict[str, list[Any]] = {
 }
 # Optional query parameters also swept with their default (parameter left out).
 DEFAULT_TOO = frozenset({"phase", "format"})
+# The recipe builder's validation: a grade regressor trained on the public subset, and one
+# on the hidden test subset (refused); neither answer may carry a hidden grade.
+BUILDER_RECIPE = (
+    "name: sweep-builder\n"
+    "dataset: {{name: brain, split: challenge, train: {train}, target: grade}}\n"
+    "task: {{type: regression, spatial_dims: 3}}\n"
+    "network: {{block: densenet, params: {{init_features: 4}}}}\n"
+    "loss: {{block: l1}}\n"
+    "trainer: {{patch_size: [8, 8, 4]}}\n"
+)
 
 
 def write_bodies(w: World) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -139,7 +150,23 @@ def write_bodies(w: World) -> dict[tuple[str, str], list[dict[str, Any]]]:
     )
     # closing the final phase now would reveal its private board
     close_final = {"phase": "final", "opens": "2020-01-02T00:00:00Z", "closes": "2020-01-03T00:00Z"}
+    # a lab run on the public subsets, and one validating on the hidden test subset (refused)
+    lab_recipe = (
+        "name: sweep-run\n"
+        "dataset: {name: brain, split: challenge}\n"
+        "task: {type: segmentation, spatial_dims: 3, num_classes: 2}\n"
+        "network: {block: unet, params: {channels: [4, 8], strides: [2]}}\n"
+        "loss: {block: dice_ce}\n"
+        "trainer: {epochs: 1, batch_size: 1, patch_size: [8, 8, 4]}\n"
+    )
+    hidden_recipe = lab_recipe.replace("split: challenge", "split: challenge, validation: test")
     return {
+        ("POST", "/api/v1/lab/runs"): [
+            {"json": {"recipe": r}} for r in (lab_recipe, hidden_recipe)
+        ],
+        ("POST", "/lab/runs"): [
+            {"data": {"recipe": r, "action": "launch"}} for r in (lab_recipe, hidden_recipe)
+        ],
         ("POST", "/api/v1/challenges"): [{"content": other_spec, "headers": yaml}],
         ("PUT", "/api/v1/challenges/{slug}"): [{"content": opened_spec, "headers": yaml}],
         ("POST", "/api/v1/challenges/{slug}/teams"): [{"json": {"name": "Evil team"}}],
@@ -159,6 +186,9 @@ def write_bodies(w: World) -> dict[tuple[str, str], list[dict[str, Any]]]:
             }
         ],
         ("POST", "/account/tokens"): [{"data": {"name": "sweep"}}],
+        ("POST", "/api/v1/lab/recipes/validate"): [
+            {"json": {"recipe": BUILDER_RECIPE.format(train=t)}} for t in ("train", "test")
+        ],
         ("POST", "/challenges/{slug}/organize/participants"): role_forms,
         ("POST", "/challenges/{slug}/organize/phases"): [{"data": close_final}],
         ("POST", "/challenges/{slug}/organize/rescore"): [{"data": {"phase": "preliminary"}}],
@@ -364,6 +394,7 @@ class _Owner:
     user_id: int | None
     team_ids: frozenset[int]
     submission_ids: frozenset[int]
+    lab_run_ids: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, caller: Caller, *snaps: Snapshot) -> _Owner:
@@ -377,7 +408,18 @@ class _Owner:
         subs = {
             r["id"] for snap in snaps for r in snap["submissions"].values() if r["team_id"] in teams
         }
-        return cls(caller.user_id, frozenset(t for t in teams if t is not None), frozenset(subs))
+        runs = {
+            r["id"]
+            for snap in snaps
+            for r in snap["lab_runs"].values()
+            if r["owner_id"] == caller.user_id
+        }
+        return cls(
+            caller.user_id,
+            frozenset(t for t in teams if t is not None),
+            frozenset(subs),
+            frozenset(runs),
+        )
 
     def owns(self, table: str, row: dict[str, Any]) -> bool:
         if self.user_id is None:
@@ -392,8 +434,13 @@ class _Owner:
             return row.get("id") in self.team_ids
         if row.get("team_id") in self.team_ids:
             return True
+        if table == "lab_runs":
+            return row.get("owner_id") == self.user_id
         if table == "jobs":
-            return (row.get("payload") or {}).get("submission_id") in self.submission_ids
+            payload = row.get("payload") or {}
+            if "run_id" in payload:
+                return payload["run_id"] in self.lab_run_ids
+            return payload.get("submission_id") in self.submission_ids
         return False
 
 

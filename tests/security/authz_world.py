@@ -45,6 +45,7 @@ from medarena.challenges.scoring import HANDLERS
 from medarena.challenges.spec import parse_spec
 from medarena.datasets.catalogue import Catalogue
 from medarena.datasets.findings import FINDINGS_ROLE, attach_findings
+from medarena.db.lab_models import LabRun
 from medarena.db.models import Case, Split, SplitAssignment
 from medarena.db.platform_models import Submission, User
 from medarena.evaluation.results import EvaluationResult
@@ -138,6 +139,7 @@ class World:
     team_visible: dict[str, set[bytes]]  # team -> values it legitimately sees
     spec_yaml: str
     upload: bytes  # a valid preliminary/grade archive, for the write sweep
+    lab_runs: dict[str, int] = field(default_factory=dict)  # caller -> a lab run it owns
 
     def forbidden(self, caller: str) -> dict[bytes, str]:
         """Sentinels the caller must never receive."""
@@ -422,6 +424,21 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
     assert len(hidden_pngs) >= 2
     for team, secrets in private.items():
         assert any("prediction overlay" in x for x in secrets.items.values()), team
+    # team A's member has a lab training run: only its owner may see or cancel it
+    lab_runs = {}
+    with cat.sessions() as s, s.begin():
+        run = LabRun(
+            owner_id=callers["A"].user_id,
+            name="ann-private-run",
+            recipe_yaml="name: ann-private-run\ndescription: lab recipe secret of ann 7f3e\n",
+            recipe_digest="0" * 64,
+            status="queued",
+            out_dir=str(work / "lab-run-a"),
+        )
+        s.add(run)
+        s.flush()
+        lab_runs["A"] = run.id
+    private["A"].add("lab run recipe of team A's member", "lab recipe secret of ann 7f3e")
     return World(
         client,
         cat,
@@ -436,4 +453,5 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
         team_visible,
         spec_yaml,
         _grade_archive(grades, case_keys["validation"], (1.5, 2.5)),
+        lab_runs,
     )
