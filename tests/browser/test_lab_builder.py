@@ -1,0 +1,113 @@
+"""The recipe builder in Chromium: assemble a recipe, see the YAML follow, fix a problem
+the server points at, validate, launch, and land on the run's page.
+
+The data is the browser server's 'brain' dataset (tiny 3D volumes with label maps, split
+'challenge' with a hidden 'test' subset). Screenshots go to test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import Page, expect
+
+from browser.conftest import ORGANIZER_EMAIL
+from browser.helpers import login, page_fits
+
+# Every visible form control without a label (same check as test_layout.py).
+UNLABELLED_JS = """() => Array.from(document.querySelectorAll("input, select, textarea"))
+  .filter((el) => el.type !== "hidden" && el.offsetParent !== null)
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label")
+                  && !el.getAttribute("aria-labelledby"))
+  .map((el) => el.outerHTML)"""
+
+
+def _open_builder(page: Page) -> None:
+    login(page, ORGANIZER_EMAIL, "Organizer")
+    page.goto("/lab/builder")
+    expect(page.locator("#builder[data-ready=true]")).to_be_attached()
+
+
+def _yaml(page: Page) -> Any:
+    return expect(page.locator("#yaml-lines"))
+
+
+def test_build_validate_and_launch_a_recipe(new_page: Any, artifacts: Path) -> None:
+    page = new_page()
+    _open_builder(page)
+
+    page.get_by_label("Recipe name").fill("builder-unet")
+    page.get_by_label("Dataset").select_option("brain")
+    page.get_by_label("Split").select_option("challenge")
+    expect(page.get_by_label("Train on (subset)").locator("option")).to_have_text(
+        [re.compile(r"^train \("), re.compile(r"^validation \(")]
+    )  # the hidden test subset is not offered
+    expect(page.locator("#hidden-note")).to_contain_text("test")
+    page.get_by_label("Train on (subset)").select_option("train")
+    page.get_by_label("Validate on (subset)").select_option("validation")
+    page.get_by_label("type", exact=True).select_option("segmentation")
+    page.get_by_label("spatial dims").select_option("3")
+    _yaml(page).to_contain_text("name: brain")
+    _yaml(page).to_contain_text("type: segmentation")
+
+    # the network menu offers only blocks of the task; a classifier is not among them
+    network = page.get_by_label("Network block")
+    expect(network.locator("option", has_text="densenet")).to_have_count(0)
+    network.select_option("unet")
+    _yaml(page).to_contain_text("block: unet")
+    page.get_by_label("channels", exact=True).fill("4, 8")
+    _yaml(page).to_contain_text("channels: [4, 8]")
+    page.get_by_label("strides", exact=True).fill("2")
+    _yaml(page).to_contain_text("strides: [2]")
+
+    # add two augmentation blocks, then put the second first
+    add_name = "Augmentation block to add"
+    page.get_by_label(add_name).select_option("flip")
+    page.get_by_role("button", name="Add a augmentation block").click()
+    page.get_by_label(add_name).select_option("gaussian_noise")
+    page.get_by_role("button", name="Add a augmentation block").click()
+    page.get_by_role("button", name="Move gaussian_noise (Augmentation 2) up").click()
+    text = page.locator("#yaml-lines").inner_text()
+    assert text.index("block: gaussian_noise") < text.index("block: flip"), text
+    page.get_by_role("button", name="Remove flip (Augmentation 2)").click()
+    _yaml(page).not_to_contain_text("block: flip")
+
+    page.get_by_label("patch size").fill("4, 4, 4")
+    _yaml(page).to_contain_text("patch_size: [4, 4, 4]")
+    page.get_by_label("epochs").fill("1")
+
+    # a mistake: the server points at its line, under the line
+    page.get_by_label("dropout", exact=True).fill("1.5")
+    _yaml(page).to_contain_text("dropout: 1.5")
+    page.get_by_role("button", name="Validate").click()
+    bad = page.locator("#yaml-lines li.has-problem")
+    expect(bad).to_have_count(1)
+    expect(bad.locator("code")).to_have_text(re.compile(r"^\s*dropout: 1\.5$"))
+    expect(bad.locator(".line-problem")).to_contain_text("network.params.dropout")
+    expect(bad.locator(".line-problem")).to_contain_text("less than 1")
+    page.screenshot(path=str(artifacts / "lab-builder-problem.png"), full_page=True)
+
+    page.get_by_label("dropout", exact=True).fill("0.1")
+    expect(page.locator("#yaml-lines li.has-problem")).to_have_count(0)  # stale problems go
+    page.get_by_role("button", name="Validate").click()
+    expect(page.locator("#outcome")).to_contain_text("Valid")
+    assert page.evaluate(UNLABELLED_JS) == []
+    page.screenshot(path=str(artifacts / "lab-builder.png"), full_page=True)
+
+    page.get_by_role("button", name="Launch").click()
+    page.wait_for_url(re.compile(r"/lab/runs/\d+$"))
+    expect(page.get_by_role("heading", level=1)).to_contain_text("builder-unet")
+
+
+def test_builder_fits_a_phone(new_page: Any, artifacts: Path) -> None:
+    page = new_page(390, 844)
+    _open_builder(page)
+    page.get_by_label("Preprocessing block to add").select_option("spacing")
+    page.get_by_role("button", name="Add a preprocessing block").click()
+    page.get_by_label("pixdim").fill("1, 1, 2")
+    _yaml(page).to_contain_text("pixdim: [1, 1, 2]")
+    assert page_fits(page)
+    assert page.evaluate(UNLABELLED_JS) == []
+    page.screenshot(path=str(artifacts / "lab-builder-390.png"), full_page=True)
