@@ -291,3 +291,30 @@ def test_fortran_ordered_label_maps_score_the_same() -> None:
     c_order = seg.per_region(pred, ref, sp, regions)
     f_order = seg.per_region(np.asfortranarray(pred), np.asfortranarray(ref), sp, regions)
     assert c_order == f_order
+
+
+def test_settling_the_percentile_in_rounds_refines_fewer_points_than_all_candidates() -> None:
+    # a ball against a bumpy, shifted ball: many far points around the 95th percentile
+    rng = np.random.default_rng(7)
+    grid = np.indices((48, 48, 40)).astype(float)
+    centre = np.array([24.0, 24.0, 20.0])
+    r_ref = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(axis=0))
+    bumps = 3.0 * np.sin(grid[0] / 3.0) * np.cos(grid[1] / 4.0) + rng.normal(0, 0.3, grid[0].shape)
+    shifted = centre + np.array([2.0, -1.0, 1.0])
+    r_pred = np.sqrt(((grid - shifted[:, None, None, None]) ** 2).sum(axis=0))
+    ref, pred = r_ref < 14, r_pred < 13 + bumps
+    sp = np.array([1.0, 1.0, 1.5])
+    bp, br = surf.voxel_border(pred), surf.voxel_border(ref)
+    pp, pr = surf.argwhere(bp), surf.argwhere(br)
+    exact = surf.border_distances(pred, ref, tuple(sp))
+    once = surf._BoundedDirected(pp, br, pr, sp)
+    settled = surf._BoundedDirected(pp, br, pr, sp)
+    assert np.count_nonzero(once.lower < once.upper) > 100  # far points to settle
+    once.refine(surf._percentile_candidates(once.lower, once.upper, 95.0))
+    surf._settle_percentile([settled], 95.0)
+    n_once = np.count_nonzero(once.lower == once.upper)
+    n_settled = np.count_nonzero(settled.lower == settled.upper)
+    assert n_settled < n_once
+    want = np.percentile(exact.pred_to_ref, 95)
+    assert np.percentile(settled.lower, 95) == want
+    assert np.percentile(once.lower, 95) == want

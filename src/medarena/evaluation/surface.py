@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -214,18 +214,26 @@ def _probe(
     strides = np.array(padded.strides, np.intp) // padded.itemsize
     flat_lookup = padded.reshape(-1)
     flat = (src_pts[pending] + np.asarray(reach, np.intp)) @ strides
-    for step, length in zip((offsets @ strides).tolist(), lengths.tolist(), strict=True):
-        found = flat_lookup[flat + step]
-        hit = found >= 0 if indexed else found
+    steps = offsets @ strides
+    # the offsets in two batches, each looked up for all pending points at once (one gather
+    # per batch instead of one per offset): the face neighbours, where most points find
+    # their nearest, then the rest for the points still pending. The first hit in offset
+    # order is the nearest point, as in a loop over the offsets.
+    first = min(2 * len(reach), steps.size)
+    for batch in (slice(0, first), slice(first, steps.size)):
+        if not pending.size or batch.start == batch.stop:
+            break
+        found: NDArray[Any] = flat_lookup[flat[:, None] + steps[batch]]
+        hits = found >= 0 if indexed else found
+        col = hits.argmax(axis=1)
+        hit = hits[np.arange(col.size), col]
         if not hit.any():
             continue
-        dist[pending[hit]] = length
+        dist[pending[hit]] = lengths[batch][col[hit]]
         if nearest is not None:
-            nearest[pending[hit]] = found[hit]
+            nearest[pending[hit]] = found[hit, col[hit]]
         miss = ~hit
         pending, flat = pending[miss], flat[miss]
-        if not pending.size:
-            break
     return pending
 
 
@@ -396,6 +404,41 @@ def _percentile_candidates(lower: FloatArray, upper: FloatArray, percent: float)
     return np.asarray(~((upper < a) | (lower > b)), bool)
 
 
+#: rounds of :func:`_settle_percentile` that refine only the candidates whose bounds hold the
+#: estimated percentile; the last round refines every remaining candidate
+SETTLE_ROUNDS = 4
+
+
+def _settle_percentile(parts: list[_BoundedDirected], percent: float) -> None:
+    """Refine points of ``parts`` (pooled) until their ``percent``-th percentile is exact.
+
+    Ends when no inexact point can matter (:func:`_percentile_candidates` on the current
+    bounds). Refining every candidate at once would do, but most candidates turn out to lie
+    clearly on one side once a few are exact, so each round first refines only those whose
+    bounds contain the percentile of the bounds' midpoints (an estimate of the answer);
+    refinement only raises lower and lowers upper bounds, so a point found irrelevant stays
+    so. On BraTS-sized cases this spares about a third of the exact queries.
+    """
+    for round_ in range(SETTLE_ROUNDS + 1):
+        lower = np.concatenate([part.lower for part in parts])
+        upper = np.concatenate([part.upper for part in parts])
+        inexact = lower < upper
+        cand = _percentile_candidates(lower, upper, percent) & inexact
+        if not cand.any():
+            return
+        if round_ < SETTLE_ROUNDS:
+            rank = int(np.floor((lower.size - 1) * percent / 100.0))
+            estimate = np.partition(np.where(inexact, (lower + upper) / 2, lower), rank)[rank]
+            pick = cand & (lower <= estimate) & (upper >= estimate)
+            if pick.any():
+                cand = pick
+        start = 0
+        for part in parts:
+            stop = start + part.lower.size
+            part.refine(cand[start:stop])
+            start = stop
+
+
 def border_distances_for_stats(
     pred: BoolArray,
     ref: BoolArray,
@@ -426,15 +469,9 @@ def border_distances_for_stats(
             part.refine((part.lower <= nsd_tolerance_mm) & (part.upper > nsd_tolerance_mm))
     if hd95_variant == "max_directed":
         for part in parts:
-            part.refine(_percentile_candidates(part.lower, part.upper, 95.0))
+            _settle_percentile([part], 95.0)
     elif hd95_variant == "pooled":
-        cand = _percentile_candidates(
-            np.concatenate([part.lower for part in parts]),
-            np.concatenate([part.upper for part in parts]),
-            95.0,
-        )
-        parts[0].refine(cand[: pp.shape[0]])
-        parts[1].refine(cand[pp.shape[0] :])
+        _settle_percentile(list(parts), 95.0)
     values = []
     for part in parts:
         exact = part.lower == part.upper
