@@ -8,6 +8,7 @@ test cases, so it is refused, as is a recipe validating on ``test``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -274,3 +275,54 @@ def test_killed_worker_resumes_from_checkpoint(world: World) -> None:
     steps = [s for s, _ in read_points(out_dir)["loss"]]
     assert steps == list(range(1, 13))
     assert [e for e, _ in done["points"]["metric"]] == [3, 6]
+
+
+def test_cli_submit_wait_list_show_cancel(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from medarena.cli.main import app
+
+    monkeypatch.setenv("MEDARENA_DATA_DIR", str(world.settings.data_dir))
+    runner = CliRunner()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe("cli-bad").replace("block: unet", "block: unett"))
+    res = runner.invoke(app, ["lab", "runs", "submit", str(bad), "--user", "ada@example.org"])
+    assert res.exit_code == 2 and "line 8, field network.block" in res.output, res.output
+    good = tmp_path / "good.yaml"
+    good.write_text(recipe("cli-run", epochs=1, onnx=False))
+    worker = world.worker(poll_seconds=0.1)
+    t = threading.Thread(target=worker.run)
+    t.start()
+    try:
+        res = runner.invoke(
+            app,
+            [
+                "lab",
+                "runs",
+                "submit",
+                str(good),
+                "--user",
+                "ADA@example.org",
+                "--wait",
+                "--timeout",
+                "120",
+            ],
+        )
+    finally:
+        worker.stop()
+        t.join(60)
+    assert res.exit_code == 0, res.output
+    assert "queued" in res.output and "succeeded: model cli-run:1" in res.output
+    listed = json.loads(
+        runner.invoke(app, ["lab", "runs", "list", "--user", "ada@example.org", "--json"]).output
+    )
+    mine = [r for r in listed if r["name"] == "cli-run"]
+    assert mine and mine[0]["owner"] == "ada@example.org" and mine[0]["status"] == "succeeded"
+    run_id = mine[0]["id"]
+    shown = runner.invoke(app, ["lab", "runs", "show", str(run_id)])
+    assert shown.exit_code == 0 and "epoch 1: validation dice" in shown.output, shown.output
+    again = runner.invoke(app, ["lab", "runs", "cancel", str(run_id)])
+    assert again.exit_code != 0 and "already succeeded" in again.output
+    assert runner.invoke(app, ["lab", "runs", "show", "999999"]).exit_code != 0

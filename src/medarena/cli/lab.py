@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from medarena.cli.common import console, handle_errors, settings_or_exit
+from medarena.cli.lab_runs import register_runs
 from medarena.datasets.catalogue import open_catalogue
 from medarena.errors import InputError
 from medarena.lab.blocks import KINDS, blocks
@@ -22,6 +23,7 @@ def register(app: typer.Typer) -> None:
         no_args_is_help=True,
     )
     app.add_typer(group, name="lab")
+    register_runs(group)  # medarena lab runs submit|list|show|cancel (cli/lab_runs.py)
 
     @group.command("blocks")
     @handle_errors

@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
             [],
             "--handlers",
             help="A handler registry 'module:attribute' (a dict of job kind -> function); "
-            "repeatable. Default: the platform's (medarena.challenges.scoring:HANDLERS).",
+            "repeatable. Default: the platform's (medarena.challenges.scoring:HANDLERS, "
+            "medarena.lab.runs:HANDLERS).",
         ),
         until_idle: bool = typer.Option(
             False, "--until-idle", help="Exit once no job is runnable instead of waiting."
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
             None, help="Name shown on claimed jobs (default: host:pid:random)."
         ),
     ) -> None:
-        """Run jobs (scoring ...) from the database queue until interrupted.
+        """Run jobs (scoring, lab training runs) from the database queue until interrupted.
 
         SIGINT or SIGTERM stops gracefully: running jobs finish first. Start as many
         workers as you like, on this machine or others sharing MEDARENA_DATABASE_URL
