@@ -91,6 +91,21 @@ def test_build_validate_and_launch_a_recipe(new_page: Any, artifacts: Path) -> N
 
     page.get_by_label("dropout", exact=True).fill("0.1")
     expect(page.locator("#yaml-lines li.has-problem")).to_have_count(0)  # stale problems go
+
+    # by hand: a misspelt block name gets the nearest valid one; back to the form drops it
+    page.get_by_role("button", name="Edit the YAML by hand").click()
+    area = page.get_by_label("Recipe YAML (editable)")
+    expect(area).to_have_value(re.compile(r"block: unet\n"))
+    expect(page.get_by_label("channels", exact=True)).to_be_disabled()
+    area.fill(area.input_value().replace("block: unet", "block: unett"))
+    page.get_by_role("button", name="Validate").click()
+    bad = page.locator("#yaml-lines li.has-problem")
+    expect(bad.locator("code")).to_have_text(re.compile(r"block: unett$"))
+    expect(bad.locator(".line-problem")).to_contain_text("Suggestion: unet")
+    page.get_by_role("button", name="Back to the form (drop hand edits)").click()
+    expect(page.get_by_label("Recipe YAML (editable)")).to_be_hidden()
+    _yaml(page).to_contain_text("block: unet")
+    _yaml(page).not_to_contain_text("unett")
     page.get_by_role("button", name="Validate").click()
     expect(page.locator("#outcome")).to_contain_text("Valid")
     assert page.evaluate(UNLABELLED_JS) == []

@@ -444,7 +444,27 @@
     return out;
   }
 
+  // By hand: the textarea's text is the recipe; the forms are set aside until "Back to the
+  // form" (which drops the hand edits: the forms cannot hold every YAML a person writes).
+  let byHand = false;
+
+  function setByHand(on) {
+    byHand = on;
+    const area = $("yaml-text");
+    if (on) area.value = formYaml();
+    $("yaml-edit").hidden = !on;
+    $("edit-yaml").textContent = on ? "Back to the form (drop hand edits)" : "Edit the YAML by hand";
+    $("recipe-form").querySelectorAll(":scope > fieldset, #kinds > fieldset").forEach((f) => { f.disabled = on; });
+    $("by-hand-note").hidden = !on;
+    update();
+    if (on) area.focus();
+  }
+
   function yamlText() {
+    return byHand ? $("yaml-text").value : formYaml();
+  }
+
+  function formYaml() {
     const lines = [];
     emit(recipeObject(), 0, lines);
     return lines.join("\n") + "\n";
@@ -590,6 +610,8 @@
     $("validate").addEventListener("click", validate);
     $("launch").addEventListener("click", launch);
     $("download").addEventListener("click", download);
+    $("edit-yaml").addEventListener("click", () => setByHand(!byHand));
+    $("yaml-text").addEventListener("input", update);
 
     renderData();
     renderTask();
