@@ -16,7 +16,9 @@ The handler :func:`score_submission` (job kind ``score_submission``, registered 
    are scored on that Dask cluster instead (:func:`evaluate_cases`), which needs the data
    dir's ``work`` folder on a file system the cluster's workers share;
 5. stores result.json in the object store and, in one fenced transaction that also marks
-   the job done, writes the submission's scores. A result without a value of the track's
+   the job done, writes the submission's scores; a model submission scored on a public
+   subset then asks for its explanations (a job of its own,
+   :mod:`medarena.challenges.explanations`). A result without a value of the track's
    primary metric (every case failed, e.g. image-to-image slices smaller than SSIM's 7x7
    window) is never stored as "scored": the submission fails, naming the metric and the
    cases (:class:`NoPrimaryScore`).
@@ -46,6 +48,7 @@ from sqlalchemy.orm import Session
 
 from medarena.challenges.archives import extract_archive
 from medarena.challenges.data import subset_cases
+from medarena.challenges.explanations import request_explanations
 from medarena.challenges.models import model_file, predict_cases
 from medarena.challenges.service import find_track_phase, load_spec
 from medarena.challenges.submissions import INTERNAL_FAILURE as INTERNAL_PROBLEM
@@ -318,6 +321,8 @@ def score_submission(ctx: JobContext) -> dict[str, Any]:
             scored_at=dt.datetime.now(dt.UTC),
         )
         logger.info("submission %d scored (spec revision %d)", sub_id, revision)
+        if model_file(pred_dir) is not None:  # a separate job; it cannot fail this one
+            request_explanations(ctx.session_factory, sub_id, revision)
         return {"submission_id": sub_id, "result_digest": digest}
     except InputError as exc:
         # The participant's input: fail now (the worker records the job as failed, no retry).

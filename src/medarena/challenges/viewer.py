@@ -4,7 +4,11 @@ Two things, both server-rendered so the pages need no JavaScript build:
 
 - **slices** of an image task's case as PNG: the image in grey levels, and the reference
   and the prediction as transparent overlays to stack on it (reference filled, prediction
-  outlined, one colour per label value), for one axis and slice index;
+  outlined, one colour per label value), for one axis and slice index; the cases of
+  classification, multilabel and regression tracks show their image alone;
+- the **explanation** of a model submission's case (:mod:`medarena.challenges.explanations`:
+  a Grad-CAM, occlusion or probability map) as a transparent heat map over the slice
+  (colour map "inferno", opacity growing with the value), where one was stored;
 - **metric distributions** over a submission's cases as one SVG (a box plot with the
   cases as points, one panel per metric), drawn with matplotlib's SVG backend (no pyplot).
 
@@ -45,8 +49,11 @@ from medarena.storage import LocalObjectStore
 
 logger = logging.getLogger(__name__)
 
-Layer = Literal["image", "reference", "prediction"]
-LAYERS: tuple[Layer, ...] = ("image", "reference", "prediction")
+Layer = Literal["image", "reference", "prediction", "explanation"]
+LAYERS: tuple[Layer, ...] = ("image", "reference", "prediction", "explanation")
+# tracks scored per case from a table whose cases still have images to look at
+IMAGE_LEVEL_TASKS = ("classification", "multilabel", "regression")
+HEAT_CMAP = "inferno"
 _IMAGE_ROLES = ("image",)
 _LABEL_ROLES = ("label", "seg")
 POINTS_ID = "case-points-"  # id prefix of each panel's group of per-case marks
@@ -75,6 +82,7 @@ class ViewerCase:
     channels: tuple[tuple[str, str], ...]  # (stored name, digest) of each image channel
     label_digest: str | None
     hidden: bool
+    label_maps: bool = True  # the task has reference and prediction label maps
 
     def channel_digest(self, channel: int) -> str:
         """Digest of image channel ``channel`` (InputError naming the valid range)."""
@@ -92,7 +100,7 @@ class ViewerContext:
     """Which cases of a submission a user may view, and whether its task has images."""
 
     task: str
-    image_task: bool
+    image_task: bool  # the cases have images to view
     hidden: bool
     case_keys: list[str]
 
@@ -111,11 +119,17 @@ def viewer_context(session: Session, sub: Submission, user: User) -> ViewerConte
     track, phase = find_track_phase(spec, sub.track_slug, sub.phase_slug)
     subset = spec.scored_subset(track, phase)
     hidden = subset_info(session, track.dataset, track.split, subset).hidden
-    image_task = track.task in tasks_mod.IMAGE_TASKS and track.task != "dose"
+    image_task = _viewable_task(track.task)
     keys: list[str] = []
     if image_task and (not hidden or _can_review(session, user, challenge.id)):
-        keys = [c.case_key for c in subset_cases(session, track.dataset, track.split, subset)]
+        cases = subset_cases(session, track.dataset, track.split, subset)
+        keys = [c.case_key for c in cases if any(o.role in _IMAGE_ROLES for o in c.objects)]
+        image_task = bool(keys) or track.task not in IMAGE_LEVEL_TASKS
     return ViewerContext(track.task, image_task, hidden, keys)
+
+
+def _viewable_task(task: str) -> bool:
+    return (task in tasks_mod.IMAGE_TASKS and task != "dose") or task in IMAGE_LEVEL_TASKS
 
 
 def viewer_case(session: Session, sub: Submission, user: User, case_key: str) -> ViewerCase:
@@ -125,7 +139,7 @@ def viewer_case(session: Session, sub: Submission, user: User, case_key: str) ->
     spec = load_spec(challenge)
     track, phase = find_track_phase(spec, sub.track_slug, sub.phase_slug)
     not_found = NotFoundError(f"no viewable case {case_key!r} in submission {sub.id}")
-    if track.task not in tasks_mod.IMAGE_TASKS or track.task == "dose":
+    if not _viewable_task(track.task):
         raise not_found
     subset = spec.scored_subset(track, phase)
     hidden = subset_info(session, track.dataset, track.split, subset).hidden
@@ -139,8 +153,9 @@ def viewer_case(session: Session, sub: Submission, user: User, case_key: str) ->
         labels = [o.digest for o in c.objects if o.role in _LABEL_ROLES]
         if not images:
             raise not_found
-        label = labels[0] if len(labels) == 1 else None
-        return ViewerCase(case_key, tuple(images), label, hidden)
+        label_maps = track.task not in IMAGE_LEVEL_TASKS
+        label = labels[0] if len(labels) == 1 and label_maps else None
+        return ViewerCase(case_key, tuple(images), label, hidden, label_maps)
     raise not_found
 
 
@@ -338,6 +353,60 @@ def label_slice_png(path: Path, axis: int, index: int, *, outline: bool) -> byte
     return _png(rgba)
 
 
+def _heat_colours(values: np.ndarray) -> np.ndarray:
+    """RGB (uint8) of values in [0, 1] on the heat colour map."""
+    from matplotlib import colormaps
+
+    rgba = colormaps[HEAT_CMAP](np.clip(values, 0.0, 1.0))
+    return np.asarray(np.rint(rgba[..., :3] * 255), dtype=np.uint8)
+
+
+def heat_legend_css() -> str:
+    """A CSS linear-gradient of the heat colour map from 0 (left) to 1 (right)."""
+    stops = _heat_colours(np.linspace(0.0, 1.0, 9))
+    return (
+        "linear-gradient(to right, "
+        + ", ".join(f"rgb({r}, {g}, {b}) {i * 12.5:g}%" for i, (r, g, b) in enumerate(stops))
+        + ")"
+    )
+
+
+def heatmap_slice_png(path: Path, axis: int, index: int, map_index: int = 0) -> bytes:
+    """A transparent RGBA PNG of one slice of map ``map_index`` of an explanation NIfTI.
+
+    The file holds maps in [0, 1] along its 4th axis (:func:`explanations.maps_nifti`).
+    A voxel's colour is the heat colour map's and its opacity grows with its value
+    (0 is transparent), so the image stays visible where the model found nothing. A 2-D
+    map (one slice) is drawn on every slice of axis 2 (an RGB image's channels).
+    """
+    try:
+        img = nib.nifti1.load(path)
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        raise InputError(f"cannot read the NIfTI file ({exc})", path=path.name) from None
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 3:
+        shape = (*shape, 1)
+    if len(shape) != 4:
+        raise InputError(f"expected 4-D explanation maps, got {len(shape)} axes", path=path.name)
+    if not 0 <= map_index < shape[3]:
+        raise InputError(f"map must be between 0 and {shape[3] - 1}", path="map", value=map_index)
+    if axis == 2 and shape[2] == 1:
+        index = 0
+    check_slice(shape[:3], axis, index)
+    where: list[int | slice] = [slice(None)] * 3
+    where[axis] = index
+    proxy = img.dataobj
+    plane = np.asarray(proxy[(*where, map_index)] if len(img.shape) == 4 else proxy[tuple(where)])
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    spacing = tuple(z for i, z in enumerate(zooms) if i != axis)
+    values = _upright(np.nan_to_num(np.asarray(plane, np.float64)), (spacing[0], spacing[1]))
+    values = np.clip(values, 0.0, 1.0)
+    rgba = np.zeros((*values.shape, 4), np.uint8)
+    rgba[..., :3] = _heat_colours(values)
+    rgba[..., 3] = np.rint(np.clip(values * 1.25, 0.0, 1.0) * 255).astype(np.uint8)
+    return _png(rgba)
+
+
 def render_layer(
     session: Session,
     store: LocalObjectStore,
@@ -349,10 +418,12 @@ def render_layer(
     index: int,
     data_dir: Path,
     channel: int = 0,
+    map_index: int = 0,
 ) -> bytes:
     """The PNG of one layer of one slice of a case the user may view (see the module doc).
 
-    ``channel`` picks the image of a multi-channel case (0 for single-channel ones).
+    ``channel`` picks the image of a multi-channel case (0 for single-channel ones),
+    ``map_index`` the explanation map (one per explained class or structure).
     """
     if layer not in LAYERS:
         raise InputError(f"layer must be one of {', '.join(LAYERS)}", path="layer", value=layer)
@@ -361,6 +432,15 @@ def render_layer(
     if layer == "image":
         digest = case.channel_digest(channel)
         return image_slice_png(_nifti_copy(store, digest, cache), axis, index)
+    if layer == "explanation":
+        from medarena.challenges.explanations import case_explanation
+
+        exp = case_explanation(session, store, sub, case_key)
+        if exp is None:
+            raise NotFoundError(f"case {case_key!r} of submission {sub.id} has no explanation")
+        return heatmap_slice_png(_nifti_copy(store, exp.digest, cache), axis, index, map_index)
+    if not case.label_maps:
+        raise NotFoundError(f"the {layer} of case {case_key!r} is not a label map")
     if layer == "prediction":
         return label_slice_png(
             prediction_file(store, sub, case_key, data_dir), axis, index, outline=True

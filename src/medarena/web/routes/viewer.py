@@ -1,7 +1,8 @@
 """Submission detail extras: metric distributions and the slice viewer of image cases.
 
 Pages and images only (no API): the per-case viewer list, one case's slice viewer (image
-with reference and prediction overlays stacked, a range input to step through slices),
+with reference and prediction overlays stacked, and the heat map of the case's stored
+explanation when there is one, a range input to step through slices),
 the PNG of one layer of one slice, and the SVG of the metric distributions. Who may see
 which case is decided by :mod:`medarena.challenges.viewer` and
 :func:`medarena.challenges.submissions.submission_detail`; every refusal is a 404.
@@ -12,12 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
-from medarena.challenges import submissions, viewer
+from medarena.challenges import explanations, submissions, viewer
 from medarena.db.platform_models import User
 from medarena.errors import InputError, MedarenaError, NotFoundError
 from medarena.storage import LocalObjectStore
@@ -98,7 +99,7 @@ def case_page(
     index: int | None = None,
     channel: int = 0,
 ) -> Response:
-    """The slice viewer of one case: image, reference and prediction overlays.
+    """The slice viewer of one case: image, reference and prediction overlays, explanation.
 
     ``axis`` and ``index`` (default: the middle slice) come from the query string, so the
     page's form picks a slice without JavaScript too.
@@ -111,6 +112,7 @@ def case_page(
         index = shape[axis] // 2 if index is None else index
         viewer.check_slice(shape, axis, index)
         case.channel_digest(channel)  # in range
+        explanation = explanations.case_explanation(db, cat.store, sub, case_key)
     except MedarenaError as exc:
         raise _http(exc) from None
     n = shape[axis]
@@ -126,6 +128,9 @@ def case_page(
             "channel": channel,
             "channels": [name for name, _ in case.channels],
             "has_reference": case.label_digest is not None,
+            "has_prediction": case.label_maps,
+            "explanation": explanation,
+            "heat_legend": viewer.heat_legend_css(),
             "shape": shape,
         },
     )
@@ -142,8 +147,10 @@ async def slice_png(
     index: int = 0,
     layer: str = "image",
     channel: int = 0,
+    map_index: int = Query(0, alias="map"),
 ) -> Response:
-    """One layer of one slice as PNG (image grey levels; reference and prediction RGBA)."""
+    """One layer of one slice as PNG (image grey levels; reference, prediction and
+    explanation RGBA; ``map`` picks the explanation's map)."""
 
     def render() -> bytes:
         sub = submissions.get_visible_submission(db, submission_id, user)
@@ -158,6 +165,7 @@ async def slice_png(
             index,
             Path(cat.settings.data_dir),
             channel,
+            map_index,
         )
 
     try:
