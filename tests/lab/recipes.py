@@ -125,7 +125,10 @@ trainer: {epochs: 2, batch_size: 2, patch_size: [12, 12, 12], seed: 3}
 I2I2D = """\
 name: disks-denoiser
 dataset: {name: denoise2d, split: default}
-task: {type: image_to_image, spatial_dims: 2, image_to_image: {data_range: 1.0}}
+task:
+  type: image_to_image
+  spatial_dims: 2
+  image_to_image: {data_range: 1.0, residual: true}
 preprocess:
   - block: ct_window
     params: {a_min: 0, a_max: 255}

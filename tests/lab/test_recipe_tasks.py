@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from recipes import DET3D, i2i2d
 from typer.testing import CliRunner
 
 from medarena.cli.main import app
-from medarena.lab import RecipeError, parse_recipe
+from medarena.lab import RecipeError, load_recipe, parse_recipe
 from medarena.lab.pipeline import build_model_parts, build_pipelines, context
 
 runner = CliRunner()
@@ -37,6 +38,20 @@ def test_recipes_build_one_output_channel(text: str) -> None:
     assert parse_recipe(recipe.to_yaml()) == recipe
 
 
+def test_residual_image_adds_the_input() -> None:
+    recipe = parse_recipe(i2i2d(2))
+    net = build_model_parts(recipe)[0]
+    plain = build_model_parts(parse_recipe(i2i2d(2).replace(", residual: true", "")))[0]
+    weights = net.state_dict()
+    assert weights["gain"].item() == 0.0  # untrained: the identity
+    plain.load_state_dict({k.removeprefix("net."): v for k, v in weights.items() if k != "gain"})
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net(x), x)
+        net.gain.fill_(0.5)
+        assert torch.allclose(net(x), x + 0.5 * plain(x))
+
+
 def test_detection_losses_compare_the_sigmoid_with_the_target() -> None:
     recipe = parse_recipe(DET3D)
     logits = torch.zeros(1, 1, 2, 2, 2)  # sigmoid 0.5 everywhere
@@ -54,9 +69,10 @@ def test_detection_defaults_are_filled_in() -> None:
     d = parse_recipe(text).task.detection
     assert d is not None
     assert (d.sigma_scale, d.threshold, d.min_distance_mm, d.max_candidates) == (0.5, 0.1, 5.0, 100)
-    i2i = parse_recipe(i2i2d(2).replace(", image_to_image: {data_range: 1.0}", ""))
+    i2i = parse_recipe("\n".join(x for x in i2i2d(2).splitlines() if "image_to_image: {" not in x))
     assert i2i.task.image_to_image is not None
     assert i2i.task.image_to_image.data_range == "ref_range"
+    assert i2i.task.image_to_image.residual is False
 
 
 def test_bad_detection_fields_name_line_and_value() -> None:
@@ -112,3 +128,14 @@ def test_cli_blocks_lists_the_new_tasks() -> None:
     assert "image_to_image" in tasks["l1"] and "detection" not in tasks["densenet"]
     res = runner.invoke(app, ["lab", "blocks", "--kind", "loss"])
     assert res.exit_code == 0 and "weighted_mse" in res.output and "pos_weight" in res.output
+
+
+@pytest.mark.parametrize(
+    ("name", "task"),
+    [("lung-nodules-heatmap.yaml", "detection"), ("lowdose-ct-denoising.yaml", "image_to_image")],
+)
+def test_example_recipes_are_valid(name: str, task: str) -> None:
+    path = Path(__file__).parents[2] / "examples" / "lab" / name
+    recipe = load_recipe(path)
+    assert recipe.task.type == task
+    assert build_model_parts(recipe)[0] is not None

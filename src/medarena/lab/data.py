@@ -21,6 +21,7 @@ import numpy as np
 
 from medarena.datasets.catalogue import Catalogue, case_records
 from medarena.errors import InputError
+from medarena.imaging.image import Image
 from medarena.imaging.nifti import read_nifti
 from medarena.lab.recipe import Recipe
 
@@ -77,6 +78,20 @@ def _channel_first(array: np.ndarray, ndim: int) -> np.ndarray:
     return np.moveaxis(array, -1, 0)
 
 
+def _voxels(img: Image, key: str, recipe: Recipe) -> np.ndarray:
+    """The voxels with task.spatial_dims axes; a 3D image of one slice (n, m, 1) serves 2D."""
+    ndim = recipe.task.spatial_dims
+    if img.ndim == ndim:
+        return img.array
+    if ndim == 2 and img.ndim == 3 and img.shape[2] == 1:
+        return img.array[:, :, 0]
+    raise InputError(
+        f"case {key!r} is {img.ndim}D (shape {list(img.shape)}) but task.spatial_dims is "
+        f"{ndim} (a 2D task also takes 3D images of one slice)",
+        path=recipe.dataset.name,
+    )
+
+
 def _read_case(cat: Catalogue, rec: dict[str, Any], recipe: Recipe) -> CaseArrays:
     key = rec["case_key"]
     ndim = recipe.task.spatial_dims
@@ -87,13 +102,9 @@ def _read_case(cat: Catalogue, rec: dict[str, Any], recipe: Recipe) -> CaseArray
     ref = None
     for o in objs:
         img = read_nifti(cat.store.path_of(o["digest"]))
-        if img.ndim != ndim:
-            raise InputError(
-                f"case {key!r} is {img.ndim}D but task.spatial_dims is {ndim}",
-                path=recipe.dataset.name,
-            )
+        voxels = _voxels(img, key, recipe)
         ref = ref or img
-        channels.append(_channel_first(img.array.astype(np.float32), ndim))
+        channels.append(_channel_first(voxels.astype(np.float32), ndim))
     assert ref is not None
     image = np.concatenate(channels, axis=0)
     if image.shape[0] != recipe.task.in_channels:
@@ -115,7 +126,7 @@ def _read_case(cat: Catalogue, rec: dict[str, Any], recipe: Recipe) -> CaseArray
                 path=recipe.dataset.name,
             )
         lab = read_nifti(cat.store.path_of(labels[0]["digest"]), kind="label")
-        arr = lab.array.astype(np.int64)
+        arr = _voxels(lab, key, recipe).astype(np.int64)
         if arr.max(initial=0) >= recipe.task.num_classes:
             raise InputError(
                 f"case {key!r} has label value {int(arr.max())} but task.num_classes is "
@@ -173,7 +184,8 @@ def _read_target_image(
             path=recipe.dataset.name,
         )
     target = read_nifti(cat.store.path_of(objs[0]["digest"]))
-    arr = _channel_first(target.array.astype(np.float32), recipe.task.spatial_dims)
+    voxels = _voxels(target, key, recipe).astype(np.float32)
+    arr = _channel_first(voxels, recipe.task.spatial_dims)
     if arr.shape[0] != 1:
         raise InputError(
             f"case {key!r}: the target image has {arr.shape[0]} channels; image_to_image "

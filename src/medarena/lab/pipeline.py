@@ -61,6 +61,30 @@ def build_pipelines(recipe: Recipe) -> Pipelines:
     return Pipelines(Compose(cached), Compose(per_step))
 
 
+def residual_image(net: Any) -> Any:
+    """``net`` predicting a correction: output = first input channel + gain * net(input).
+
+    The wrapper of ``task.image_to_image.residual``. ``gain`` is a learnt scalar starting at
+    0 (as in ReZero), so an untrained model returns its input unchanged instead of adding
+    the random output of a fresh network, and training starts from the identity. Its
+    weights are the wrapped net's under the prefix ``net.`` plus ``gain``; it exports to
+    ONNX as one graph.
+    """
+    import torch
+
+    class ResidualImage(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = inner
+            self.gain = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = x[:, :1] + self.gain * self.net(x)
+            return out
+
+    return ResidualImage(net)
+
+
 def build_model_parts(recipe: Recipe) -> tuple[Any, Any, Any, Any]:
     """(network, loss function, optimizer factory, scheduler factory) from the blocks."""
     ctx = context(recipe)
@@ -68,8 +92,12 @@ def build_model_parts(recipe: Recipe) -> tuple[Any, Any, Any, Any]:
     def build(ref: Any) -> Any:
         return REGISTRY[ref.block].build(recipe.params_of(ref), ctx)
 
+    net = build(recipe.network)
+    i2i = recipe.task.image_to_image
+    if i2i is not None and i2i.residual:
+        net = residual_image(net)
     return (
-        build(recipe.network),
+        net,
         build(recipe.loss),
         build(recipe.optimizer),
         build(recipe.schedule),

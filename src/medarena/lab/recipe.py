@@ -74,6 +74,11 @@ class ImageToImageSettings(_Strict):
         description="Data range of PSNR/SSIM in validation (evaluation engine convention: "
         "ref_max, ref_range or a number), in the preprocessed intensity scale.",
     )
+    residual: bool = Field(
+        False,
+        description="The network predicts a correction added to the first input channel "
+        "(output = input + network(input)); suits denoising.",
+    )
 
     @model_validator(mode="after")
     def _positive(self) -> ImageToImageSettings:
@@ -99,7 +104,7 @@ class TaskSpec(_Strict):
         None, description="Detection only: heatmap targets and candidate extraction."
     )
     image_to_image: ImageToImageSettings | None = Field(
-        None, description="Image-to-image only: validation data range."
+        None, description="Image-to-image only: validation data range, residual output."
     )
 
     @model_validator(mode="after")
