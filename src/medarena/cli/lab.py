@@ -77,7 +77,11 @@ def register(app: typer.Typer) -> None:
         ),
         export: bool = typer.Option(True, help="Export to ONNX when the recipe asks for it."),
     ) -> None:
-        """Train a recipe on CPU (or a GPU when present), with checkpoints and resume."""
+        """Train a recipe on CPU (or a GPU when present), with checkpoints and resume.
+
+        Task types: segmentation, classification, multilabel, regression, detection
+        (heatmaps) and image_to_image (docs/lab.md describes each).
+        """
         from medarena.lab.trainer import train
 
         r = load_recipe(recipe)
