@@ -14,6 +14,12 @@ with the explanation method of :mod:`medarena.lab.explain`:
   gradients). Classification explains the class the model scores highest, multilabel each
   label, regression its value.
 
+The submitted model runs as in the scoring job: in the ONNX Runtime child process of
+:mod:`medarena.challenges.model_sandbox` (the phase's memory limit, no network, no
+credentials; each forward pass gets the phase's ``time_per_case_s``). Grad-CAM runs the
+registry's PyTorch network in the worker: a network the lab built from its own blocks,
+whose weights are loaded with ``weights_only`` (no pickled code).
+
 Each case's maps are one uint8 NIfTI (values 0..255 with ``scl_slope`` 1/255, so readers see
 [0, 1]) on the case's own grid (the case's affine; a 2-D case as one slice, maps along the
 4th axis), stored in the object store like the predictions. An index (JSON, also in the
@@ -27,12 +33,15 @@ that fails is listed with its reason in the index, and the viewer says "no expla
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import logging
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medarena.challenges.archives import extract_archive
 from medarena.challenges.data import subset_cases
+from medarena.challenges.model_sandbox import ModelProcess
 from medarena.challenges.service import find_track_phase, load_spec, subset_info
 from medarena.config import get_settings
 from medarena.db.platform_models import Challenge, Job, Submission
@@ -144,8 +154,11 @@ def _back_to_case_grid(
     return np.stack([resize_map(m, shape) for m in maps]).astype(np.float32)
 
 
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
 def explain_case(
-    session: Any,
+    predict: Predict,
     manifest: Any,
     track: Any,
     image: np.ndarray,
@@ -154,19 +167,19 @@ def explain_case(
 ) -> Explanation:
     """The explanation of one case (channel-first ``image``) on the case's grid.
 
-    ``session`` is the submission's ONNX Runtime session; ``network`` the registry's
-    PyTorch network of the same model (Grad-CAM) or None (occlusion).
+    ``predict`` runs the submitted model on a batch (its first output): in the worker, the
+    ONNX Runtime child process of :mod:`medarena.challenges.model_sandbox`. ``network`` is
+    the registry's PyTorch network of the same model (Grad-CAM) or None (occlusion).
     """
     import torch
 
     from medarena.challenges.models import _preprocess
     from medarena.lab.explain import grad_cam, occlusion_map, probability_maps
 
-    name = session.get_inputs()[0].name
     x = _preprocess(image, affine, manifest)[None]
     names = list(manifest.outputs.names)
     if track.task == "segmentation":
-        out = _sliding_window(session, name, x, manifest)[0]
+        out = _sliding_window(predict, x, manifest)[0]
         if manifest.outputs.kind == "argmax":
             maps = probability_maps(out, "softmax")
         elif manifest.outputs.activation == "sigmoid":
@@ -174,7 +187,7 @@ def explain_case(
         else:
             maps = probability_maps(out[:1], "identity")
         return Explanation("probability", tuple(names), maps)
-    raw = np.asarray(session.run(None, {name: x})[0]).reshape(-1)
+    raw = np.asarray(predict(x)).reshape(-1)
     if track.task == "classification":
         targets = [int(np.argmax(raw))]
     elif track.task == "multilabel":
@@ -188,18 +201,8 @@ def explain_case(
             out_maps.append(grad_cam(network, xt, class_index=t)[0])
         method = "gradcam"
     else:
-        batch = session.get_inputs()[0].shape[0]
-        n_batch = 1 if batch == 1 else 8
-
-        def predict(a: np.ndarray) -> np.ndarray:
-            return np.asarray(session.run(None, {name: a.astype(np.float32)})[0])
-
-        for t in targets:
-            out_maps.append(
-                occlusion_map(
-                    predict, x, t, activation=manifest.outputs.activation, n_batch=n_batch
-                )
-            )
+        for t in targets:  # one occluded copy at a time: the graph's batch axis may be fixed
+            out_maps.append(occlusion_map(predict, x, t, activation=manifest.outputs.activation))
         method = "occlusion"
     maps = _back_to_case_grid(
         np.stack(out_maps), tuple(image.shape[1:]), affine, manifest.inputs.orientation
@@ -207,36 +210,25 @@ def explain_case(
     return Explanation(method, tuple(names[t] for t in targets), maps)  # type: ignore[arg-type]
 
 
-def _sliding_window(session: Any, name: str, x: np.ndarray, m: Any) -> np.ndarray:
+def _sliding_window(predict: Predict, x: np.ndarray, m: Any) -> np.ndarray:
     """The model's output channels over the whole case: MONAI's sliding-window inference
-    with ONNX Runtime as the predictor, the windows and blending of the scoring job."""
+    with the model as the predictor, the windows and blending of the scoring job."""
     import torch
     from monai.inferers import sliding_window_inference
 
-    def predict(patch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(session.run(None, {name: patch.numpy()})[0]))
+    def window(patch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(predict(patch.numpy())))
 
     with torch.no_grad():
         out = sliding_window_inference(
             torch.from_numpy(x),
             roi_size=list(m.inputs.patch_size),
             sw_batch_size=1,
-            predictor=predict,
+            predictor=window,
             overlap=m.inputs.overlap,
             mode="gaussian",
         )
     return np.asarray(out.numpy() if isinstance(out, torch.Tensor) else out)
-
-
-def _onnx_session(path: Path) -> Any:
-    """ONNX Runtime on the CPU with one thread, as in the scoring job."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def case_image(store: LocalObjectStore, case: Any, ndim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -275,6 +267,7 @@ class _Loaded:
     cases: list[Any]
     archive_digest: str
     track: Any
+    limits: Any  # the phase's ModelLimits
 
 
 def _load(s: Session, sub_id: int) -> _Loaded | None:
@@ -288,7 +281,7 @@ def _load(s: Session, sub_id: int) -> _Loaded | None:
     subset = spec.scored_subset(track, phase)
     hidden = subset_info(s, track.dataset, track.split, subset).hidden
     cases = [] if hidden else subset_cases(s, track.dataset, track.split, subset)
-    return _Loaded(track.task, hidden, cases, sub.archive_digest, track)
+    return _Loaded(track.task, hidden, cases, sub.archive_digest, track, phase.model_limits)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -326,6 +319,7 @@ def explain_submission(ctx: JobContext) -> dict[str, Any]:
     work = Path(settings.data_dir) / "work"
     work.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"explain-{sub_id}-", dir=work))
+    stack = contextlib.ExitStack()
     try:
         store.copy_to(loaded.archive_digest, tmp / "archive")
         files = tmp / "files"
@@ -338,7 +332,16 @@ def explain_submission(ctx: JobContext) -> dict[str, Any]:
             manifest = parse_manifest(manifest_path.read_text(encoding="utf-8"))
         except ManifestError as exc:
             raise MedarenaError(str(exc)) from None
-        session = _onnx_session(model_path)
+        # the model runs where the scoring job runs it: in a child process with the phase's
+        # memory limit, no network and no credentials; each forward pass has the time of a case
+        limits = loaded.limits
+        proc = ModelProcess(model_path, limits.memory_mb, tmp, 60 + limits.time_per_case_s)
+        stack.callback(proc.close)
+
+        def predict(a: np.ndarray) -> np.ndarray:
+            x = np.ascontiguousarray(a, dtype=np.float32)
+            return proc.run(x, time.monotonic() + limits.time_per_case_s)
+
         network = None
         if loaded.task in IMAGE_LEVEL_TASKS:
             with ctx.session_factory() as s:
@@ -347,7 +350,7 @@ def explain_submission(ctx: JobContext) -> dict[str, Any]:
         for i, case in enumerate(loaded.cases):
             try:
                 image, affine = case_image(store, case, ndim)
-                exp = explain_case(session, manifest, loaded.track, image, affine, network)
+                exp = explain_case(predict, manifest, loaded.track, image, affine, network)
                 digest = store.put_bytes(maps_nifti(exp.maps, affine))
                 index["cases"][case.case_key] = {"digest": digest, "maps": list(exp.names)}
                 index["method"] = exp.method
@@ -359,6 +362,7 @@ def explain_submission(ctx: JobContext) -> dict[str, Any]:
         logger.warning("submission %d: no explanations (%s)", sub_id, type(exc).__name__)
         index["error"] = _short(exc)
     finally:
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
     digest = store.put_bytes(json.dumps(index, indent=1, sort_keys=True).encode())
     logger.info(
