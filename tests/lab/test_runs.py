@@ -9,10 +9,9 @@ test cases, so it is refused, as is a recipe validating on ``test``.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -235,31 +234,35 @@ def test_cancel_queued_and_running(world: World) -> None:
     assert 0 < len(run["points"]["loss"]) < 400  # stopped long before its 400 steps
 
 
+def _worker_process(settings: Settings) -> None:
+    from medarena.db.engine import create_engine_for, session_factory
+
+    engine = create_engine_for(settings.resolved_database_url)
+    Worker(session_factory(engine), HANDLERS, settings=settings, lease_seconds=2).run_until_idle()
+
+
 def test_killed_worker_resumes_from_checkpoint(world: World) -> None:
     run_id = world.launch("ada", recipe("runs-kill", epochs=6, val_every=3, onnx=False))
     with world.cat.sessions() as s:
         run = s.get(LabRun, run_id)
         assert run is not None
         out_dir, job_id = Path(run.out_dir), run.job_id
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDARENA_")}
-    env |= {"MEDARENA_DATA_DIR": str(world.settings.data_dir), "OMP_NUM_THREADS": "1"}
-    medarena = Path(sys.executable).parent / "medarena"
-    proc = subprocess.Popen(
-        [str(medarena), "worker", "--until-idle", "--lease-seconds", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    # a worker process (forked: torch is already imported) with a 2 s lease, SIGKILLed
+    # once it wrote the first checkpoint
+    proc = multiprocessing.get_context("fork").Process(
+        target=_worker_process, args=(world.settings,), daemon=True
     )
+    proc.start()
     try:
         deadline = time.monotonic() + 90
         while not (out_dir / "checkpoints" / "last.pt").exists():
-            assert proc.poll() is None, f"the worker exited early: {proc.stderr.read()}"  # type: ignore[union-attr]
+            assert proc.is_alive(), f"the worker exited early ({proc.exitcode})"
             assert time.monotonic() < deadline, "no checkpoint was written"
-            time.sleep(0.05)
+            time.sleep(0.02)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        assert proc.pid is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
     killed_at = world.run("ada", run_id)
     assert killed_at["status"] == "running" and killed_at["progress"]["epoch"] < 6
     time.sleep(2.5)  # the dead worker's lease expires
