@@ -83,6 +83,10 @@
     const wrap = el("div", { class: "field" });
 
     if (f.type === "object") {
+      if (!f.nullable && (value === null || value === undefined)) {
+        value = defaultsOf(f.fields);
+        set(value);
+      }
       const box = el("fieldset", { class: "nested" }, el("legend", { text: label(f.name) }));
       const inner = el("div", { class: "fields" });
       const renderInner = () => {
