@@ -151,3 +151,11 @@ trainer:
 
 def i2i2d(epochs: int = 2) -> str:
     return I2I2D.replace("EPOCHS", str(epochs))
+
+
+# detection through segmentation: sphere masks, two classes, candidates at components
+DET3D_SEG = (
+    DET3D.replace("name: balls-detector", "name: balls-detector-seg")
+    .replace("detection: {sigma_scale: 0.5,", "detection: {mode: segmentation,")
+    .replace("loss: {block: weighted_mse}", "loss: {block: dice_ce}")
+)

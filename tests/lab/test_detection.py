@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from medarena.errors import InputError
-from medarena.lab.detection import gaussian_heatmap, heatmap_candidates
+from medarena.lab.detection import (
+    component_candidates,
+    gaussian_heatmap,
+    heatmap_candidates,
+    sphere_mask,
+)
 
 # 2 mm voxels along i, 3 mm along j, 4 mm along k; origin (10, 20, 30) mm
 AFFINE = np.array(
@@ -92,3 +97,40 @@ def test_heatmap_of_findings_gives_them_back() -> None:
     got = heatmap_candidates(h, AFFINE, threshold=0.5, min_distance_mm=5.0)
     assert [(c["x"], c["y"], c["z"]) for c in got] == [(16.0, 26.0, 38.0), (30.0, 47.0, 62.0)]
     assert all(c["probability"] == pytest.approx(1.0) for c in got)
+
+
+def test_sphere_mask_marks_voxels_within_the_radius() -> None:
+    # centre at voxel (2, 2, 2) = world (14, 26, 38); radius 3 mm: the neighbours along i
+    # (2 mm) are inside, those along j (3 mm) on the edge (inside), along k (4 mm) outside
+    finding = {"x": 14.0, "y": 26.0, "z": 38.0, "diameter_mm": 6.0}
+    m = sphere_mask((5, 5, 5), AFFINE, [finding])
+    assert m.dtype == np.uint8
+    assert {tuple(v) for v in np.argwhere(m)} == {
+        (2, 2, 2),
+        (1, 2, 2),
+        (3, 2, 2),
+        (2, 1, 2),
+        (2, 3, 2),
+    }
+    # a finding smaller than a voxel still marks the voxel holding its centre
+    tiny = sphere_mask((5, 5, 5), AFFINE, [{**finding, "x": 14.4, "diameter_mm": 0.5}])
+    assert np.argwhere(tiny).tolist() == [[2, 2, 2]]
+
+
+def test_components_give_centroids_and_their_peak_probability() -> None:
+    p = np.zeros((8, 8))
+    p[1:3, 1:3] = 0.6  # 2x2 block: centroid (1.5, 1.5)
+    p[1, 1] = 0.9
+    p[6, 5:8] = 0.7  # a row of 3: centroid (6, 6)
+    p[4, 4] = 0.3  # below the threshold
+    got = component_candidates(p, np.eye(3), threshold=0.5, min_distance_mm=1.0)
+    assert got == [
+        {"x": 1.5, "y": 1.5, "z": 0.0, "probability": 0.9},
+        {"x": 6.0, "y": 6.0, "z": 0.0, "probability": 0.7},
+    ]
+    # diagonal neighbours connect; a wide min_distance keeps only the strongest
+    p2 = np.zeros((4, 4))
+    p2[0, 0] = p2[1, 1] = 0.8
+    assert len(component_candidates(p2, np.eye(3), threshold=0.5)) == 1
+    assert len(component_candidates(p, np.eye(3), threshold=0.5, min_distance_mm=8.0)) == 1
+    assert component_candidates(np.zeros((3, 3)), np.eye(3)) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipes import DET3D, i2i2d
+from recipes import DET3D, DET3D_SEG, i2i2d
 from typer.testing import CliRunner
 
 from medarena.cli.main import app
@@ -106,7 +106,7 @@ def test_bad_data_range_is_named() -> None:
 
 
 def test_blocks_of_other_tasks_are_refused() -> None:
-    [(_, field, msg)] = _problems(DET3D.replace("block: weighted_mse", "block: dice_ce"))
+    [(_, field, msg)] = _problems(DET3D.replace("block: weighted_mse", "block: bce"))
     assert field == "loss.block" and "does not support task 'detection'" in msg
     [(_, field, msg)] = _problems(i2i2d(2).replace("block: l1", "block: weighted_mse"))
     assert "does not support task 'image_to_image'" in msg and "detection" in msg
@@ -139,3 +139,28 @@ def test_example_recipes_are_valid(name: str, task: str) -> None:
     recipe = load_recipe(path)
     assert recipe.task.type == task
     assert build_model_parts(recipe)[0] is not None
+
+
+def test_detection_by_segmentation_builds_two_classes_and_nearest_labels() -> None:
+    recipe = parse_recipe(DET3D_SEG)
+    assert recipe.task.detection is not None and recipe.task.detection.mode == "segmentation"
+    ctx = context(recipe)
+    assert ctx.out_channels == 2 and ctx.label_target
+    assert ctx.modes("bilinear") == ("bilinear", "nearest")  # sphere masks stay labels
+    assert context(parse_recipe(DET3D)).modes("bilinear") == ("bilinear", "bilinear")
+    net = build_model_parts(recipe)[0]
+    assert net(torch.zeros(1, 1, 12, 12, 12)).shape == (1, 2, 12, 12, 12)
+
+
+def test_a_loss_of_the_other_detection_mode_is_named() -> None:
+    text = DET3D.replace("block: weighted_mse", "block: dice_ce")
+    [(line, field, msg)] = _problems(text)
+    assert line == _line_of(text, "dice_ce") and field == "loss.block"
+    assert "'dice_ce' is a loss of detection mode 'segmentation', not 'heatmap'" in msg
+    assert "mse, l1, weighted_mse" in msg
+    [(_, _, msg)] = _problems(DET3D_SEG.replace("block: dice_ce", "block: l1"))
+    assert "'l1' is a loss of detection mode 'heatmap', not 'segmentation'" in msg
+    [(_, field, msg)] = _problems(
+        DET3D.replace("mode: ", "").replace("{sigma", "{mode: box, sigma")
+    )
+    assert field == "task.detection.mode" and "'heatmap' or 'segmentation'" in msg

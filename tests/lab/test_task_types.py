@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from labdata import write_denoising_dataset, write_detection_dataset
-from recipes import DET3D, i2i2d
+from recipes import DET3D, DET3D_SEG, i2i2d
 
 from medarena.datasets.catalogue import Catalogue, make_split
 from medarena.datasets.findings import attach_findings
@@ -23,7 +23,7 @@ from medarena.datasets.splits import SplitSpec
 from medarena.evaluation.detection import luna16_cpm
 from medarena.evaluation.image import psnr
 from medarena.lab import parse_recipe
-from medarena.lab.detection import heatmap_candidates
+from medarena.lab.detection import component_candidates, heatmap_candidates
 from medarena.lab.registry import get_model
 from medarena.lab.trainer import _Run, train
 
@@ -104,6 +104,26 @@ def test_detection_target_survives_preprocessing(task_catalogue: Catalogue, tmp_
             if f["scan_id"] == c["scan_id"]
         )
         assert d <= 1.5 * np.sqrt(3) / 2 + 1e-6
+
+
+def test_detection_by_segmentation_trains_and_exports(
+    task_catalogue: Catalogue, tmp_path: Path
+) -> None:
+    result = train(parse_recipe(DET3D_SEG), task_catalogue, tmp_path / "run", register=False)
+    assert result.steps_done == 6 and 0.0 <= result.metrics["cpm"] <= 1.0
+    assert result.export is not None and result.export["parity_ok"]
+    assert result.export["output_shape"] == ["batch", 2, 12, 12, 12]
+    # the sphere masks, resampled with nearest neighbour, give back every finding
+    run = _Run(parse_recipe(DET3D_SEG), task_catalogue, tmp_path / "x")
+    cands, refs = [], []
+    for key, case in zip(run.val_keys, run.val_cases, strict=True):
+        assert set(np.unique(case["label"].numpy())) <= {0.0, 1.0}
+        affine = case["image"].affine.numpy()
+        found = component_candidates(case["label"][0].numpy(), affine, threshold=0.5)
+        cands += [{"scan_id": key, **c} for c in found]
+        refs += [{"scan_id": key, **f} for f in run.val_findings[key]["nodules"]]
+    froc = luna16_cpm(cands, refs, scan_ids=run.val_keys, bootstrap=0)
+    assert froc.cpm == 1.0 and froc.n_false_positives == 0
 
 
 def test_detection_same_seed_same_weights(task_catalogue: Catalogue, tmp_path: Path) -> None:

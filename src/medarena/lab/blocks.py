@@ -55,6 +55,15 @@ class Context:
     out_channels: int = 1
     epochs: int = 1
     patch_size: tuple[int, ...] = ()  # trainer.patch_size
+    detection_mode: str = "heatmap"  # task.detection.mode
+
+    @property
+    def label_target(self) -> bool:
+        """Whether the target map holds class indices (segmentation; detection's mode
+        "segmentation"), so losses take indices and spatial blocks use nearest neighbour."""
+        return self.task == "segmentation" or (
+            self.task == "detection" and self.detection_mode == "segmentation"
+        )
 
     @property
     def image_keys(self) -> tuple[str, ...]:
@@ -77,7 +86,7 @@ class Context:
 
     def modes(self, image: str, label: str = "nearest") -> tuple[str, ...]:
         """Interpolation per key: label maps always nearest, heatmaps and images as the image."""
-        if self.task == "segmentation":
+        if self.label_target:
             return (image, label)
         return (image, image) if self.task in MAP_TASKS else (image,)
 
@@ -583,7 +592,7 @@ def _ce(p: CEParams, ctx: Context) -> Any:
     import torch
 
     ce = torch.nn.CrossEntropyLoss(label_smoothing=p.label_smoothing)
-    if ctx.task != "segmentation":
+    if not ctx.label_target:
         return ce
 
     def seg_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -722,6 +731,12 @@ def _constant(p: NoParams, ctx: Context) -> Any:
 
 _SEG: tuple[str, ...] = ("segmentation",)
 _MAP: tuple[str, ...] = MAP_TASKS
+_SEG_LOSS: tuple[str, ...] = ("segmentation", "detection")  # detection: mode segmentation
+# Detection losses by task.detection.mode (the recipe checks the pair)
+DETECTION_LOSSES: dict[str, tuple[str, ...]] = {
+    "heatmap": ("mse", "l1", "weighted_mse"),
+    "segmentation": ("dice_ce", "dice", "ce"),
+}
 _CLS: tuple[str, ...] = ("classification", "multilabel")
 _IMG_LEVEL: tuple[str, ...] = ("classification", "multilabel", "regression")
 
@@ -828,15 +843,22 @@ _BLOCKS: tuple[Block, ...] = (
         _resnet,
         tasks=_IMG_LEVEL,
     ),
-    Block("dice_ce", "loss", "Dice + cross-entropy (softmax)", DiceCEParams, _dice_ce, _SEG),
-    Block("dice", "loss", "Soft Dice (softmax)", DiceParams, _dice, tasks=_SEG),
+    Block(
+        "dice_ce",
+        "loss",
+        "Dice + cross-entropy (softmax)",
+        DiceCEParams,
+        _dice_ce,
+        tasks=_SEG_LOSS,
+    ),
+    Block("dice", "loss", "Soft Dice (softmax)", DiceParams, _dice, tasks=_SEG_LOSS),
     Block(
         "ce",
         "loss",
         "Cross-entropy over classes",
         CEParams,
         _ce,
-        tasks=("segmentation", "classification"),
+        tasks=("segmentation", "classification", "detection"),
     ),
     Block(
         "bce",

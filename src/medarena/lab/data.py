@@ -5,7 +5,8 @@ channel-first; a segmentation label map (role ``label``) becomes one more channe
 array; classification and regression targets come from the case label ``dataset.target``.
 Detection cases carry their findings (role ``findings``, world mm; see
 ``medarena.datasets.findings``), drawn as the target heatmap on the image grid
-(``medarena.lab.detection.gaussian_heatmap``). Image-to-image cases take their target image
+(``medarena.lab.detection.gaussian_heatmap``; mode segmentation: their spheres as a label
+map, ``sphere_mask``). Image-to-image cases take their target image
 from the object of role ``label`` (as the low-dose CT demo stores it), read as an image.
 Only case keys are carried along, never patient identifiers.
 """
@@ -139,7 +140,7 @@ def _read_case(cat: Catalogue, rec: dict[str, Any], recipe: Recipe) -> CaseArray
 
 def _read_findings(cat: Catalogue, rec: dict[str, Any], recipe: Recipe, out: CaseArrays) -> None:
     from medarena.datasets.findings import FINDINGS_ROLE
-    from medarena.lab.detection import gaussian_heatmap
+    from medarena.lab.detection import gaussian_heatmap, sphere_mask
 
     key = rec["case_key"]
     objs = [o for o in rec["objects"] if o["role"] == FINDINGS_ROLE]
@@ -160,15 +161,19 @@ def _read_findings(cat: Catalogue, rec: dict[str, Any], recipe: Recipe, out: Cas
         ) from None
     settings = recipe.task.detection
     assert settings is not None  # TaskSpec fills it in for detection
+    shape = out.image.shape[1:]
     try:
-        heat = gaussian_heatmap(
-            out.image.shape[1:], out.affine, found["nodules"], sigma_scale=settings.sigma_scale
-        )
+        if settings.mode == "segmentation":
+            target = sphere_mask(shape, out.affine, found["nodules"]).astype(np.float32)
+        else:
+            target = gaussian_heatmap(
+                shape, out.affine, found["nodules"], sigma_scale=settings.sigma_scale
+            )
     except InputError as exc:
         raise InputError(
             f"case {key!r}: {exc.rule}", path=recipe.dataset.name, value=exc.value
         ) from None
-    out.label = heat[None]
+    out.label = target[None]
     out.findings = found
 
 

@@ -18,6 +18,14 @@ candidate closer than ``min_distance_mm`` to a stronger one dropped, at most
 ``max_candidates``; each is its voxel centre in world mm and the heatmap value there as the
 probability. The same function serves the lab's validation (FROC / LUNA16 CPM of the
 evaluation engine) and ONNX model submissions of detection tracks.
+
+Detection through segmentation (``task.detection.mode: segmentation``): the target is a
+label map of the nodules' spheres (:func:`sphere_mask`: voxels whose centre lies inside, and
+at least the voxel holding the centre), the network a two-class segmenter, and the
+candidates (:func:`component_candidates`) the connected components of the foreground
+probability at ``threshold``: each one's centroid in world mm, its highest probability as
+the candidate's, then the same strongest-first, ``min_distance_mm`` and ``max_candidates``
+rules as for heatmap peaks.
 """
 
 from __future__ import annotations
@@ -127,35 +135,54 @@ def heatmap_candidates(
     """
     from scipy import ndimage
 
-    h = np.asarray(heatmap, dtype=np.float64)
-    if h.ndim in (3, 4) and h.shape[0] == 1:
-        h = h[0]
+    h = _checked_map(heatmap, threshold, min_distance_mm, max_candidates)
     nd = h.ndim
-    if nd not in (2, 3):
-        raise InputError("heatmap must have 2 or 3 spatial axes", value=list(h.shape))
-    if not np.all(np.isfinite(h)):
-        raise InputError("heatmap holds NaN or infinite values", value="NaN or inf")
-    if not 0 <= threshold <= 1:
-        raise InputError("threshold must lie in [0, 1]", value=threshold)
-    if not min_distance_mm >= 0:
-        raise InputError("min_distance_mm must be >= 0", value=min_distance_mm)
-    if max_candidates < 1:
-        raise InputError("max_candidates must be >= 1", value=max_candidates)
     a = _affine(affine, nd)
     sizes = voxel_sizes(a, nd)
     # neighbourhood: every voxel within min_distance_mm along each axis (at least 3 wide)
     half = np.maximum(np.floor(min_distance_mm / sizes), 1).astype(int)
     local_max = ndimage.maximum_filter(h, size=tuple(2 * half + 1), mode="constant", cval=-np.inf)
     peaks = np.argwhere((h >= local_max) & (h >= threshold) & (h > 0))
-    if peaks.size == 0:
+    return _pick(a, peaks.astype(np.float64), h[tuple(peaks.T)], min_distance_mm, max_candidates)
+
+
+def _checked_map(
+    prob: ArrayLike, threshold: float, min_distance_mm: float, max_candidates: int
+) -> NDArray[np.float64]:
+    h = np.asarray(prob, dtype=np.float64)
+    if h.ndim in (3, 4) and h.shape[0] == 1:
+        h = h[0]
+    if h.ndim not in (2, 3):
+        raise InputError("probability map must have 2 or 3 spatial axes", value=list(h.shape))
+    if not np.all(np.isfinite(h)):
+        raise InputError("probability map holds NaN or infinite values", value="NaN or inf")
+    if not 0 <= threshold <= 1:
+        raise InputError("threshold must lie in [0, 1]", value=threshold)
+    if not min_distance_mm >= 0:
+        raise InputError("min_distance_mm must be >= 0", value=min_distance_mm)
+    if max_candidates < 1:
+        raise InputError("max_candidates must be >= 1", value=max_candidates)
+    return h
+
+
+def _pick(
+    a: NDArray[np.float64],
+    points: NDArray[np.float64],
+    values: NDArray[np.float64],
+    min_distance_mm: float,
+    max_candidates: int,
+) -> list[dict[str, float]]:
+    """Candidates at voxel ``points`` (n, ndim) with ``values``: strongest first, a point
+    closer than ``min_distance_mm`` to a kept stronger one dropped, at most ``max_candidates``."""
+    if len(points) == 0:
         return []
-    values = h[tuple(peaks.T)]
+    nd = points.shape[1]
     # strongest first; ties by voxel index so the result does not depend on numpy's sort
-    order = np.lexsort((*peaks.T[::-1], -values))
-    peaks, values = peaks[order], values[order]
-    world = (a[:nd, :nd] @ peaks.T.astype(np.float64) + a[:nd, nd : nd + 1]).T
+    order = np.lexsort((*points.T[::-1], -values))
+    points, values = points[order], values[order]
+    world = (a[:nd, :nd] @ points.T + a[:nd, nd : nd + 1]).T
     kept: list[int] = []
-    for i in range(len(peaks)):
+    for i in range(len(points)):
         if len(kept) == max_candidates:
             break
         if kept:
@@ -168,3 +195,55 @@ def heatmap_candidates(
         xyz = [float(v) for v in world[i]] + [0.0] * (3 - nd)
         out.append({"x": xyz[0], "y": xyz[1], "z": xyz[2], "probability": float(values[i])})
     return out
+
+
+def sphere_mask(
+    shape: Sequence[int], affine: ArrayLike, findings: Sequence[Mapping[str, Any]]
+) -> NDArray[np.uint8]:
+    """Label map (1 = finding) of the findings' spheres on a grid: voxels whose centre lies
+    within the radius (mm), and at least the voxel holding each centre."""
+    nd = len(shape)
+    if nd not in (2, 3):
+        raise InputError("a label map has 2 or 3 spatial axes", value=list(shape))
+    a = _affine(affine, nd)
+    out = np.zeros(tuple(shape), dtype=np.uint8)
+    if not findings:
+        return out
+    world = _world_grid(shape, a)
+    inverse = np.linalg.inv(a)
+    for f in findings:
+        centre = _point(f, nd, "finding")
+        diameter = float(f.get("diameter_mm", math.nan))
+        if not (math.isfinite(diameter) and diameter >= 0):
+            raise InputError("finding diameter_mm must be a number >= 0", value=dict(f))
+        out[((world - centre) ** 2).sum(axis=-1) <= (diameter / 2.0) ** 2] = 1
+        voxel = np.rint(inverse[:nd, :nd] @ centre + inverse[:nd, nd]).astype(int)
+        if np.all(voxel >= 0) and np.all(voxel < np.asarray(shape)):
+            out[tuple(voxel)] = 1
+    return out
+
+
+def component_candidates(
+    prob: ArrayLike,
+    affine: ArrayLike,
+    *,
+    threshold: float = 0.5,
+    min_distance_mm: float = 5.0,
+    max_candidates: int = 100,
+) -> list[dict[str, float]]:
+    """Candidates of a foreground probability map: one per connected component (faces and
+    edges connect) of ``prob >= threshold``, at its centroid in world mm, with the
+    component's highest probability. Then as :func:`heatmap_candidates` (strongest first,
+    ``min_distance_mm``, ``max_candidates``); 2D candidates have z = 0.
+    """
+    from scipy import ndimage
+
+    h = _checked_map(prob, threshold, min_distance_mm, max_candidates)
+    a = _affine(affine, h.ndim)
+    labels, n = ndimage.label((h >= threshold) & (h > 0), structure=np.ones((3,) * h.ndim))
+    if n == 0:
+        return []
+    index = np.arange(1, n + 1)
+    centres = np.asarray(ndimage.center_of_mass(np.ones_like(h), labels, index), dtype=float)
+    peaks = np.asarray(ndimage.maximum(h, labels, index), dtype=float)
+    return _pick(a, centres.reshape(n, h.ndim), peaks, min_distance_mm, max_candidates)

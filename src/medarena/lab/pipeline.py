@@ -21,13 +21,17 @@ def context(recipe: Recipe) -> Context:
     """The builders' context: task, dimensions, channels in and out, epochs.
 
     Output channels: classes (segmentation, classification), labels (multilabel), one value
-    (regression), one heatmap (detection), one image (image_to_image).
+    (regression), one heatmap (detection; mode segmentation: background and finding), one
+    image (image_to_image).
     """
     t = recipe.task
-    one = {"regression": 1, "detection": 1, "image_to_image": 1}
+    mode = t.detection.mode if t.detection is not None else "heatmap"
+    one = {"regression": 1, "detection": 2 if mode == "segmentation" else 1, "image_to_image": 1}
     out = {**one, "multilabel": len(recipe.dataset.targets or ())}.get(t.type, t.num_classes)
     tr = recipe.trainer
-    return Context(t.type, t.spatial_dims, t.in_channels, out, tr.epochs, tuple(tr.patch_size))
+    return Context(
+        t.type, t.spatial_dims, t.in_channels, out, tr.epochs, tuple(tr.patch_size), mode
+    )
 
 
 @dataclass

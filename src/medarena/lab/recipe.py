@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medarena.errors import InputError
-from medarena.lab.blocks import REGISTRY, Block, Kind, Params, TaskType, nearest
+from medarena.lab.blocks import DETECTION_LOSSES, REGISTRY, Block, Kind, Params, TaskType, nearest
 from medarena.yamlerrors import YamlProblem, parse_mapping, problem_at
 
 
@@ -45,13 +45,19 @@ class DatasetRef(_Strict):
 
 
 class DetectionSettings(_Strict):
-    """Detection through heatmaps: the target blobs and how candidates are read back."""
+    """Detection through heatmaps or segmentation: the targets and how candidates are read."""
 
+    mode: Literal["heatmap", "segmentation"] = Field(
+        "heatmap",
+        description="heatmap: one output channel trained on Gaussian blobs, candidates at "
+        "its peaks; segmentation: two classes trained on the findings' spheres, candidates "
+        "at connected components of the foreground probability.",
+    )
     sigma_scale: float = Field(
         0.5,
         gt=0,
-        description="Target blob width: sigma = sigma_scale * finding radius (mm), at least "
-        "the largest voxel size; blobs are cut off at 3 sigma.",
+        description="Heatmap mode: target blob width: sigma = sigma_scale * finding radius "
+        "(mm), at least the largest voxel size; blobs are cut off at 3 sigma.",
     )
     threshold: float = Field(
         0.1, ge=0, le=1, description="Candidates: heatmap peaks with probability >= this."
@@ -59,7 +65,8 @@ class DetectionSettings(_Strict):
     min_distance_mm: float = Field(
         5.0,
         ge=0,
-        description="Candidates: a peak closer than this (mm) to a stronger one is dropped.",
+        description="Candidates: a peak (or component centre) closer than this (mm) to a "
+        "stronger one is dropped.",
     )
     max_candidates: int = Field(
         100, ge=1, description="Candidates kept per case, strongest first (LUNA16: 100)."
@@ -272,6 +279,17 @@ def _check_blocks(recipe: Recipe) -> list[tuple[tuple[int | str, ...], str]]:
                     (*loc, "block"),
                     f"{ref.block!r} does not support task {recipe.task.type!r} "
                     f"(it supports: {', '.join(block.tasks)})",
+                )
+            )
+        d = recipe.task.detection
+        other = next((m for m, names in DETECTION_LOSSES.items() if ref.block in names), None)
+        if kind == "loss" and d is not None and other is not None and other != d.mode:
+            problems.append(
+                (
+                    (*loc, "block"),
+                    f"{ref.block!r} is a loss of detection mode {other!r}, not {d.mode!r} "
+                    f"(task.detection.mode); mode {d.mode!r} takes: "
+                    f"{', '.join(DETECTION_LOSSES[d.mode])}",
                 )
             )
         try:

@@ -11,10 +11,12 @@ wrapping it in DistributedDataParallel later changes nothing else.
 Validation uses the evaluation engine's metric functions (the ones that score challenges):
 Dice per foreground class for segmentation, ``classification_metrics`` (multiclass or
 multilabel), ``regression_metrics``, the FROC / LUNA16 CPM of ``evaluation.detection`` for
-detection (candidates from the sigmoid of the heatmap by ``lab.detection.heatmap_candidates``,
-in world mm) and ``image_metrics`` (PSNR, SSIM, MAE) for image_to_image, computed on the
-validation cases in the preprocessed grid. The map tasks (segmentation, detection,
-image_to_image) are trained on patches and validated by sliding windows.
+detection (candidates in world mm from the sigmoid of the heatmap by
+``lab.detection.heatmap_candidates``, or in mode segmentation from the foreground
+probability by ``component_candidates``) and ``image_metrics`` (PSNR, SSIM, MAE) for
+image_to_image, computed on the validation cases in the preprocessed grid. The map tasks
+(segmentation, detection, image_to_image) are trained on patches and validated by sliding
+windows.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from medarena.lab.checkpoint import (
     save_checkpoint,
 )
 from medarena.lab.data import CaseArrays, load_split
-from medarena.lab.detection import heatmap_candidates
+from medarena.lab.detection import component_candidates, heatmap_candidates
 from medarena.lab.pipeline import build_model_parts, build_pipelines
 from medarena.lab.recipe import Recipe
 
@@ -296,10 +298,13 @@ class _Run:
                 "diameter_mm": float(f["diameter_mm"]),
             }
 
+        by_segmentation = settings.mode == "segmentation"
+        find = component_candidates if by_segmentation else heatmap_candidates
         for key, c in zip(self.val_keys, self.val_cases, strict=True):
-            prob = self.predict(c["image"]).sigmoid()[0].cpu().numpy()
+            out = self.predict(c["image"])
+            prob = (out.softmax(0)[1] if by_segmentation else out.sigmoid()[0]).cpu().numpy()
             affine = np.asarray(c["image"].affine, dtype=np.float64)
-            for cand in heatmap_candidates(
+            for cand in find(
                 prob,
                 affine,
                 threshold=settings.threshold,
