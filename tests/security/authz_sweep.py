@@ -81,6 +81,7 @@ def path_values(w: World) -> dict[str, list[Any]]:
         "token": sorted(w.invitation_tokens.values()),
         "token_id": sorted(c.spare_token_id for c in w.callers.values() if c.spare_token_id),
         "run_id": sorted(w.lab_runs.values()),
+        "ref": list(w.lab_models),
     }
 
 
@@ -167,6 +168,11 @@ def write_bodies(w: World) -> dict[tuple[str, str], list[dict[str, Any]]]:
         ("POST", "/lab/runs"): [
             {"data": {"recipe": r, "action": "launch"}} for r in (lab_recipe, hidden_recipe)
         ],
+        # one-click submission of A's registry model (only A may; its ONNX is not valid)
+        ("POST", "/api/v1/lab/models/{ref}/submit"): [
+            {"json": {"challenge": SLUG, "track": "grade", "phase": "preliminary"}}
+        ],
+        ("POST", "/lab/models/{ref}/submit"): [{"data": {"target": f"{SLUG}/grade/preliminary"}}],
         ("POST", "/api/v1/challenges"): [{"content": other_spec, "headers": yaml}],
         ("PUT", "/api/v1/challenges/{slug}"): [{"content": opened_spec, "headers": yaml}],
         ("POST", "/api/v1/challenges/{slug}/teams"): [{"json": {"name": "Evil team"}}],

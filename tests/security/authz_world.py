@@ -45,7 +45,7 @@ from medarena.challenges.scoring import HANDLERS
 from medarena.challenges.spec import parse_spec
 from medarena.datasets.catalogue import Catalogue
 from medarena.datasets.findings import FINDINGS_ROLE, attach_findings
-from medarena.db.lab_models import LabRun
+from medarena.db.lab_models import LabModel, LabRun
 from medarena.db.models import Case, Split, SplitAssignment
 from medarena.db.platform_models import Submission, User
 from medarena.evaluation.results import EvaluationResult
@@ -140,6 +140,7 @@ class World:
     spec_yaml: str
     upload: bytes  # a valid preliminary/grade archive, for the write sweep
     lab_runs: dict[str, int] = field(default_factory=dict)  # caller -> a lab run it owns
+    lab_models: list[str] = field(default_factory=list)  # registry refs (A's run's model)
 
     def forbidden(self, caller: str) -> dict[bytes, str]:
         """Sentinels the caller must never receive."""
@@ -439,6 +440,8 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
         s.flush()
         lab_runs["A"] = run.id
     private["A"].add("lab run recipe of team A's member", "lab recipe secret of ann 7f3e")
+    lab_models = [_lab_model(cat, callers["A"].user_id, work)]
+    private["A"].add("model card of team A's member's model", "model card secret of ann 2b9d")
     return World(
         client,
         cat,
@@ -454,4 +457,50 @@ def build_world(cat: Catalogue, spec_yaml: str, work: Path) -> World:
         spec_yaml,
         _grade_archive(grades, case_keys["validation"], (1.5, 2.5)),
         lab_runs,
+        lab_models,
     )
+
+
+def _lab_model(cat: Catalogue, owner_id: int | None, work: Path) -> str:
+    """A registry model trained by a (finished) lab run of ``owner_id``: only they (and
+    admins) may see, download or submit it; its card and recipe carry a secret."""
+    recipe = (
+        "name: ann-private-model\n"
+        "description: model card secret of ann 2b9d\n"
+        "dataset: {name: brain, split: challenge, target: grade}\n"
+        "task: {type: regression, spatial_dims: 3}\n"
+        "network: {block: densenet}\n"
+        "loss: {block: l1}\n"
+        "trainer: {patch_size: [8, 8, 4]}\n"
+    )
+    with cat.sessions() as s, s.begin():
+        s.add(
+            LabModel(
+                name="ann-private-model",
+                version=1,
+                task="regression",
+                dataset_name="brain",
+                dataset_split="challenge",
+                dataset_version="0" * 64,
+                recipe_yaml=recipe,
+                recipe_digest="0" * 64,
+                metrics={"mae": 1.0},
+                curves=[{"epoch": 1, "loss": 1.0, "lr": 0.001, "mae": 1.0}],
+                model_card={"intended_use": "model card secret of ann 2b9d"},
+                weights_digest=cat.store.put_bytes(b"weights of ann's model"),
+                onnx_digest=cat.store.put_bytes(b"onnx of ann's model 2b9d"),
+                onnx_size=24,
+            )
+        )
+        s.add(
+            LabRun(
+                owner_id=owner_id,
+                name="ann-private-model",
+                recipe_yaml=recipe,
+                recipe_digest="0" * 64,
+                status="succeeded",
+                out_dir=str(work / "lab-run-a2"),
+                model_ref="ann-private-model:1",
+            )
+        )
+    return "ann-private-model:1"

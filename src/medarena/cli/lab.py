@@ -138,7 +138,10 @@ def register(app: typer.Typer) -> None:
         if result.model:
             console.print(f"registered as model {result.model}", highlight=False)
 
-    models = typer.Typer(help="The model registry: trained models and their cards.")
+    models = typer.Typer(
+        help="The model registry: trained models, their cards, downloads and one-click "
+        "challenge submissions."
+    )
     group.add_typer(models, name="models")
 
     @models.command("list")
@@ -279,3 +282,75 @@ def register(app: typer.Typer) -> None:
                 "[yellow]note:[/] the models were trained on different dataset versions",
                 highlight=False,
             )
+
+    @models.command("submit")
+    @handle_errors
+    def models_submit(
+        ref: str = typer.Argument(..., help="NAME (latest version) or NAME:VERSION."),
+        challenge: str = typer.Option(..., "--challenge", help="Challenge slug."),
+        track: str = typer.Option(..., "--track", help="Track slug."),
+        phase: str = typer.Option(..., "--phase", help="Phase slug (it must accept models)."),
+        user: str | None = typer.Option(
+            None,
+            "--user",
+            help="Submit as this user (email), for their team in the challenge. Default: the "
+            "owner of the lab run that trained the model.",
+        ),
+    ) -> None:
+        """Submit a registry model to a challenge in one step.
+
+        Builds model.onnx + manifest.yaml from the registry (the manifest derived from the
+        recipe's preprocessing blocks and the track's outputs) and submits it through the
+        normal submission service: the same checks, model limits and quotas as an upload.
+        Works on the database of MEDARENA_DATABASE_URL (an operator's command); on the web,
+        the model's page (/lab/models/NAME:VERSION) has the same submit form.
+        """
+        from medarena.lab.registry import get_model
+        from medarena.lab.submit import find_user, owner_of, submit_registry_model
+
+        with settings_or_exit() as settings:
+            cat = open_catalogue(settings)
+            try:
+                info = get_model(cat, ref)
+                with cat.sessions() as s:
+                    who = find_user(s, user) if user else owner_of(s, info)
+                    if who is None:
+                        raise InputError(
+                            f"model {info.ref} was not trained by a lab run, so it has no "
+                            "owner; name the submitting user with --user EMAIL",
+                            value=ref,
+                        )
+                    uid, email = who.id, who.email
+                sub = submit_registry_model(
+                    cat, info, user_id=uid, challenge=challenge, track=track, phase=phase
+                )
+            finally:
+                cat.close()
+        console.print(
+            f"model {info.ref} submitted as {email}: submission {sub.id} ({sub.status}); "
+            "`medarena worker` scores it",
+            highlight=False,
+        )
+
+    @models.command("download")
+    @handle_errors
+    def models_download(
+        ref: str = typer.Argument(..., help="NAME (latest version) or NAME:VERSION."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Folder to write into (default: ./NAME-vVERSION)."
+        ),
+    ) -> None:
+        """Write a model's model.onnx, model_card.json and recipe.yaml into a folder."""
+        from medarena.lab.registry import get_model
+        from medarena.lab.submit import download_model
+
+        with settings_or_exit() as settings:
+            cat = open_catalogue(settings)
+            try:
+                info = get_model(cat, ref)
+                folder = out or Path(f"{info.name}-v{info.version}")
+                written = download_model(cat, info, folder)
+            finally:
+                cat.close()
+        for path in written:
+            console.print(f"{path} ({path.stat().st_size} B)", highlight=False)

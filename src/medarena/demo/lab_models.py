@@ -4,8 +4,9 @@ For the tracks in :data:`LAB_PLANS`, team "Team Lab" submits a model archive (``
 + ``manifest.yaml``) instead of predictions. The model comes from a lab recipe built here
 from the lab's blocks, trained by :func:`medarena.lab.trainer.train` on the track's
 ``train`` subset (validated on ``validation``) within a time budget, registered in the
-model registry and exported to ONNX by the lab; the manifest repeats the recipe's
-preprocessing so that the worker feeds the model what it was trained on.
+model registry and exported to ONNX by the lab, then submitted in one click
+(:func:`medarena.lab.submit.submit_registry_model`: the manifest is derived from the
+recipe's preprocessing, so the worker feeds the model what it was trained on).
 """
 
 from __future__ import annotations
@@ -105,35 +106,14 @@ def recipe_yaml(gen: GeneratedTrack, dataset: str, split: str, target: str | Non
     return yaml.safe_dump(recipe, sort_keys=False)
 
 
-def manifest_yaml(gen: GeneratedTrack, names: list[str]) -> str:
-    """The archive's manifest: the recipe's preprocessing and the track's output names."""
-    plan = LAB_PLANS[gen.track]
-    size = list(plan.size[gen.size])
-    channels = ["R", "G", "B"] if gen.task == "multilabel" else list(gen.channels)
-    outputs: dict[str, Any] = {"kind": "value", "names": names}
-    if gen.task == "multilabel":
-        outputs = {"kind": "scores", "activation": "sigmoid", "names": names}
-    manifest = {
-        "format": 1,
-        "inputs": {
-            "channels": channels,
-            "spatial_dims": len(size),
-            "normalisation": [{"block": plan.normalisation}],
-            "size": size,
-        },
-        "outputs": outputs,
-    }
-    return yaml.safe_dump(manifest, sort_keys=False)
-
-
 def train_lab_model(
     cat: Catalogue, gen: GeneratedTrack, dataset: str, split: str, target: str | None
-) -> tuple[bytes, str]:
-    """Train (or find the finished run of) the track's recipe; (ONNX bytes, registry ref)."""
+) -> str:
+    """Train (or find the finished run of) the track's recipe; its registry ref."""
     from medarena.lab.recipe import parse_recipe
     from medarena.lab.trainer import train
 
     out = Path(cat.settings.data_dir) / "demo-lab" / f"{gen.track}-seed{gen.seed}-{gen.size}"
     recipe = parse_recipe(recipe_yaml(gen, dataset, split, target), f"demo {gen.track} recipe")
     result = train(recipe, cat, out)
-    return (out / "model.onnx").read_bytes(), str(result.model)
+    return str(result.model)

@@ -64,9 +64,11 @@ from medarena.datasets.ingest import IngestOptions, ingest
 from medarena.db.models import Case, Dataset, Split, SplitAssignment
 from medarena.db.platform_models import Challenge, Job, Submission, Team, User
 from medarena.demo.generators.common import GeneratedTrack
-from medarena.demo.lab_models import LAB_PLANS, LAB_TEAM, manifest_yaml, train_lab_model
+from medarena.demo.lab_models import LAB_PLANS, LAB_TEAM, train_lab_model
 from medarena.errors import InputError
 from medarena.jobs.worker import Worker
+from medarena.lab.registry import get_model
+from medarena.lab.submit import submit_registry_model
 
 # Bump when a generator's output changes: the cache folder name carries it.
 VERSION = 1
@@ -745,7 +747,6 @@ def submit_lab_models(
 ) -> None:
     """Team Lab's model archives: a lab recipe trained on the track's train subset, registered
     and exported to ONNX (:mod:`medarena.demo.lab_models`), uploaded once per phase."""
-    work = Path(cat.settings.data_dir) / "work"
     team_name, email, _d = LAB_TEAM
     for gen in gens:
         plan = TRACKS[gen.track]
@@ -758,21 +759,17 @@ def submit_lab_models(
             else [str(cfg.get("value_column", "value"))]
         )
         target = names[0] if gen.task == "regression" else None
-        onnx_bytes, ref = train_lab_model(cat, gen, dataset_name(gen.track), SPLIT, target)
+        ref = train_lab_model(cat, gen, dataset_name(gen.track), SPLIT, target)
         if ref not in report.lab_models:
             report.lab_models.append(ref)
-        manifest = manifest_yaml(gen, names).encode()
-        data = _archive({"model.onnx": onnx_bytes, "manifest.yaml": manifest})
-        submit(
-            cat.sessions,
-            cat.store,
-            challenge_slug=CHALLENGE_SLUG,
-            track_slug=plan.slug,
-            phase_slug=phase,
+        # the one-click path of the CLI and the web: manifest derived from the recipe
+        submit_registry_model(
+            cat,
+            get_model(cat, ref),
             user_id=ids[email],
-            stream=io.BytesIO(data),
-            filename=f"{plan.slug}-{phase}-lab-model.zip",
-            work_dir=work,
+            challenge=CHALLENGE_SLUG,
+            track=plan.slug,
+            phase=phase,
         )
         report.submitted += 1
 

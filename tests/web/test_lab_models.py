@@ -1,0 +1,294 @@
+"""Registry models for users: pages, API, download, one-click submission (web and CLI).
+
+A real lab run (a tiny 3D DenseNet regressor, one epoch on the small brain dataset)
+registers the model; a lab_runs row makes ada its owner. Ada sees and submits it; bob
+(another user) gets 404 everywhere; an admin sees every model. The one-click submission
+goes through the normal submission service and a real worker scores it. SQLite: the
+authorization sweep (tests/security) covers these routes on both backends.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from medarena.accounts.sessions import create_web_session, sign_session_id
+from medarena.accounts.tokens import create_token
+from medarena.challenges.scoring import HANDLERS
+from medarena.challenges.spec import ChallengeSpec, parse_spec
+from medarena.cli.main import app as cli_app
+from medarena.config import get_settings
+from medarena.datasets.catalogue import Catalogue, make_split, open_catalogue
+from medarena.datasets.ingest import ingest
+from medarena.datasets.splits import SplitSpec
+from medarena.db.lab_models import LabRun
+from medarena.db.platform_models import Challenge, Submission, User
+from medarena.jobs import Worker
+from medarena.lab.recipe import parse_recipe
+from medarena.lab.trainer import train
+from medarena.web.app import create_app
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "challenges"))
+from track_helpers import add_team_member
+
+RECIPE = """\
+name: brain-grade
+dataset: {name: brain, split: challenge, target: grade}
+task: {type: regression, spatial_dims: 3}
+preprocess:
+  - block: zscore
+network:
+  block: densenet
+  params: {init_features: 4, growth_rate: 4, block_config: [1, 1]}
+loss: {block: l1}
+trainer: {epochs: 2, batch_size: 3, patch_size: [8, 8, 8]}
+"""
+
+
+def _write_brain(root: Path, n: int = 10) -> None:
+    root.mkdir(parents=True)
+    rows = ["case_id,grade"]
+    for i in range(n):
+        img = np.random.default_rng(i).normal(100, 10, (6, 5, 4)).astype(np.float32)
+        nib.save(nib.Nifti1Image(img, np.diag([1.0, 1.0, 2.0, 1.0])), root / f"case{i:02d}.nii.gz")
+        rows.append(f"case{i:02d},{i % 4}")
+    (root / "grades.csv").write_text("\n".join(rows) + "\n")
+
+
+@dataclass
+class World:
+    cat: Catalogue
+    ref: str
+    app: object
+    users: dict[str, int]
+    tokens: dict[str, str]
+    web: dict[str, tuple[str, str]]  # name -> (session cookie, csrf token)
+
+    def api(self, name: str) -> TestClient:
+        c = TestClient(self.app, follow_redirects=False)  # type: ignore[arg-type]
+        c.headers["Authorization"] = f"Bearer {self.tokens[name]}"
+        return c
+
+    def browser(self, name: str) -> tuple[TestClient, str]:
+        c = TestClient(self.app, follow_redirects=False)  # type: ignore[arg-type]
+        cookie, csrf = self.web[name]
+        c.cookies.set("medarena_session", cookie)
+        return c, csrf
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """One trained model for the module (training is the slow part); the only test that
+    submits runs last."""
+    tmp_path = tmp_path_factory.mktemp("lab-models")
+    url = f"sqlite:///{tmp_path / 'test.db'}"
+    settings = get_settings(data_dir=tmp_path / "data", database_url=url, secret_key="k" * 48)
+    cat = open_catalogue(settings)
+    _write_brain(tmp_path / "src")
+    ingest(cat, tmp_path / "src", "brain")
+    make_split(
+        cat,
+        "brain",
+        SplitSpec(name="challenge", ratios=(0.6, 0.2, 0.2), group_by=None, hidden=("test",)),
+    )
+    ref = str(train(parse_recipe(RECIPE), cat, tmp_path / "run").model)
+    spec_text = (Path(__file__).parents[1] / "challenges" / "spec_small.yaml").read_text()
+    data = parse_spec(spec_text).model_dump(mode="json")
+    data["phases"][0].update(submission_kinds=["predictions", "model"], submissions_per_day=None)
+    users, tokens, web = {}, {}, {}
+    with cat.sessions() as s, s.begin():
+        spec = ChallengeSpec.model_validate(data)
+        ch = Challenge(slug=spec.slug, title=spec.title, spec=spec.model_dump(mode="json"))
+        s.add(ch)
+        s.flush()
+        users["ada"] = add_team_member(s, ch, "ada@example.org", "ada-team")
+        users["bob"] = add_team_member(s, ch, "bob@example.org", "bob-team")
+        admin = User(
+            email="root@example.org", display_name="root", password_hash="x", is_admin=True
+        )
+        s.add(admin)
+        s.flush()
+        users["admin"] = admin.id
+        s.add(
+            LabRun(
+                owner_id=users["ada"],
+                name="brain-grade",
+                recipe_yaml=RECIPE,
+                recipe_digest="0" * 64,
+                status="succeeded",
+                out_dir=str(tmp_path / "run"),
+                model_ref=ref,
+            )
+        )
+        for name, uid in users.items():
+            user = s.get(User, uid)
+            assert user is not None
+            tokens[name] = create_token(s, user, "t")[1]
+            row, sid = create_web_session(s, user)
+            web[name] = (sign_session_id(settings.secret, sid), row.csrf_token)
+    yield World(cat, ref, create_app(settings, cat), users, tokens, web)
+    cat.close()
+
+
+def _submissions(cat: Catalogue) -> list[Submission]:
+    with cat.sessions() as s:
+        rows = list(s.query(Submission).order_by(Submission.id))
+        for r in rows:
+            s.expunge(r)
+    return rows
+
+
+def test_model_pages_api_and_who_sees_them(world: World) -> None:
+    ada, bob, admin = world.api("ada"), world.api("bob"), world.api("admin")
+    assert [m["model"] for m in ada.get("/api/v1/lab/models").json()] == [world.ref]
+    assert bob.get("/api/v1/lab/models").json() == []
+    assert [m["model"] for m in admin.get("/api/v1/lab/models").json()] == [world.ref]
+    detail = ada.get(f"/api/v1/lab/models/{world.ref}").json()
+    assert detail["task"] == "regression" and "mae" in detail["metrics"]
+    assert detail["model_card"]["intended_use"]
+    assert len(detail["curves"]) == 2
+    assert [d["value"] for d in detail["destinations"]] == ["brain-2025/grade/preliminary"]
+    for path in (
+        f"/api/v1/lab/models/{world.ref}",
+        f"/api/v1/lab/models/{world.ref}/download",
+        f"/lab/models/{world.ref}",
+        f"/lab/models/{world.ref}/download",
+        "/api/v1/lab/models/brain-grade",  # the latest version, by name
+    ):
+        r = bob.get(path)
+        assert r.status_code == 404, path
+        assert "brain-grade" not in r.text or "that you may see" in r.text  # no other names
+    assert (
+        bob.post(
+            f"/api/v1/lab/models/{world.ref}/submit",
+            json={"challenge": "brain-2025", "track": "grade", "phase": "preliminary"},
+        ).status_code
+        == 404
+    )
+    assert ada.get("/api/v1/lab/models/nope:1").status_code == 404
+    # the pages: list, card, metrics, curves as SVG, the submit form with the one phase
+    page = ada.get("/lab/models")
+    assert page.status_code == 200 and f'href="/lab/models/{world.ref}"' in page.text
+    page = ada.get(f"/lab/models/{world.ref}").text
+    assert "Model card" in page and "Limitations" in page
+    assert 'data-series="loss"' in page and "<polyline" in page
+    assert 'data-series="mae"' in page
+    assert '<option value="brain-2025/grade/preliminary">' in page
+    assert f'href="/lab/models/{world.ref}/download"' in page
+    assert admin.get(f"/lab/models/{world.ref}").status_code == 200
+    assert "No model yet" in bob.get("/lab/models").text
+
+
+def test_download_holds_the_onnx_card_and_recipe(world: World, tmp_path: Path) -> None:
+    r = world.api("ada").get(f"/lab/models/{world.ref}/download")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    assert 'filename="brain-grade-v1.zip"' in r.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert sorted(zf.namelist()) == ["model.onnx", "model_card.json", "recipe.yaml"]
+        onnx_bytes = zf.read("model.onnx")
+        card = json.loads(zf.read("model_card.json"))
+        recipe = yaml.safe_load(zf.read("recipe.yaml"))
+    run_dir = Path(str(world.cat.settings.data_dir)).parent / "run"
+    assert onnx_bytes == (run_dir / "model.onnx").read_bytes()
+    assert card["training_data"]["dataset"] == "brain" and recipe["name"] == "brain-grade"
+    # the CLI writes the same three files into a folder
+    out = tmp_path / "dl"
+    result = CliRunner().invoke(
+        cli_app, ["lab", "models", "download", world.ref, "--out", str(out)], env=_env(world)
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model_card.json", "recipe.yaml"]
+    assert (out / "model.onnx").read_bytes() == onnx_bytes
+
+
+def _env(w: World) -> dict[str, str]:
+    s = w.cat.settings
+    return {
+        "MEDARENA_DATA_DIR": str(s.data_dir),
+        "MEDARENA_DATABASE_URL": str(s.database_url),
+        "MEDARENA_SECRET_KEY": "k" * 48,
+    }
+
+
+def test_one_click_submission_from_the_web_form_and_the_cli(world: World) -> None:
+    browser, csrf = world.browser("ada")
+    # without the CSRF token the form is refused; with it, submitted and redirected
+    refused = browser.post(
+        f"/lab/models/{world.ref}/submit", data={"target": "brain-2025/grade/preliminary"}
+    )
+    assert refused.status_code == 403
+    r = browser.post(
+        f"/lab/models/{world.ref}/submit",
+        data={"target": "brain-2025/grade/preliminary", "csrf_token": csrf},
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/challenges/brain-2025/submissions"
+    # a phase that takes no model: the same check as an upload, shown on a page
+    bad = browser.post(
+        f"/lab/models/{world.ref}/submit",
+        data={"target": "brain-2025/seg/preliminary", "csrf_token": csrf},
+    )
+    assert bad.status_code == 400 and "does not fit a segmentation track" in bad.text
+    # the CLI: the model's owner (ada) by default
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "lab",
+            "models",
+            "submit",
+            world.ref,
+            "--challenge",
+            "brain-2025",
+            "--track",
+            "grade",
+            "--phase",
+            "preliminary",
+        ],
+        env=_env(world),
+    )
+    assert result.exit_code == 0, result.output
+    assert "submitted as ada@example.org" in result.output
+    subs = _submissions(world.cat)
+    assert [(x.kind, x.track_slug, x.status) for x in subs] == [("model", "grade", "queued")] * 2
+    assert Worker(world.cat.sessions, HANDLERS, settings=world.cat.settings).run_until_idle() == 2
+    scored = _submissions(world.cat)
+    assert [x.status for x in scored] == ["scored", "scored"], [x.error for x in scored]
+    assert scored[0].scores == scored[1].scores and "abs_error" in scored[0].scores
+    # the manifest derived from the recipe: zscore, patch size as the image-level size
+    archive = world.cat.store.get_bytes(scored[0].archive_digest)
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        manifest = yaml.safe_load(zf.read("manifest.yaml"))
+    assert manifest["inputs"]["normalisation"][0]["block"] == "zscore"
+    assert manifest["inputs"]["size"] == [8, 8, 8]
+    assert manifest["outputs"] == {"kind": "value", "names": ["grade"]}
+    # the CLI names the submitting user; an unknown one is refused by name
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "lab",
+            "models",
+            "submit",
+            world.ref,
+            "--user",
+            "nobody@example.org",
+            "--challenge",
+            "brain-2025",
+            "--track",
+            "grade",
+            "--phase",
+            "preliminary",
+        ],
+        env=_env(world),
+    )
+    assert result.exit_code != 0 and "no user with email 'nobody@example.org'" in result.output
