@@ -206,6 +206,34 @@ def test_recipe_problems_and_hidden_data_are_refused(world: World) -> None:
     assert anonymous.status_code == 401
 
 
+def test_data_error_at_training_fails_the_run_once_with_the_reason(world: World) -> None:
+    # valid recipe, but the cases carry no label 'nosuch': found when the job reads them
+    text = (
+        recipe("runs-nolabel", onnx=False)
+        .replace("split: challenge}", "split: challenge, target: nosuch}")
+        .replace(
+            "type: segmentation, spatial_dims: 2, num_classes: 2",
+            "type: regression, spatial_dims: 2",
+        )
+        .replace("  - block: rand_crop_by_label\n", "")
+        .replace(
+            "block: unet\n  params: {channels: [4, 8], strides: [2], num_res_units: 0}",
+            "block: densenet\n  params: {init_features: 4, growth_rate: 4, block_config: [1, 1]}",
+        )
+        .replace("{block: dice_ce}", "{block: l1}")
+        .replace("patch_size: [16, 16]", "patch_size: [32, 32]")
+    )
+    run_id = world.launch("ada", text)
+    assert world.worker().run_until_idle() == 1
+    run = world.run("ada", run_id)
+    assert run["status"] == "failed" and "no label 'nosuch'" in run["error"], run
+    with world.cat.sessions() as s:
+        row = s.get(LabRun, run_id)
+        assert row is not None and row.job_id is not None
+        job = s.get(Job, row.job_id)
+        assert job is not None and job.state == "failed" and job.attempts == 1  # not retried
+
+
 def test_cancel_queued_and_running(world: World) -> None:
     queued = world.launch("ada", recipe("runs-cancel-q"))
     r = world.client.post(f"/api/v1/lab/runs/{queued}/cancel", headers=world.headers["ada"])
