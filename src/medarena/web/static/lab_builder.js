@@ -486,10 +486,27 @@
         const note = el("div", { class: "line-problem", role: "note" },
           el("strong", { text: `Line ${i + 1}, ${p.field || "(top level)"}: ` }), p.message);
         if (p.suggestion) note.append(el("span", { class: "suggestion", text: ` Suggestion: ${p.suggestion}` }));
+        if (p.suggestion && byHand && typeof p.value === "string" && line.includes(p.value)) {
+          note.append(" ", el("button", {
+            type: "button", class: "secondary", text: `Use ${p.suggestion}`,
+            "aria-label": `Line ${i + 1}: use ${p.suggestion} instead of ${p.value}`,
+            onclick: () => useSuggestion(i, p.value, p.suggestion),
+          }));
+        }
         item.append(note);
       }
       list.append(item);
     });
+  }
+
+  // By hand: put the suggested name in place of the wrong one on its line.
+  function useSuggestion(index, wrong, right) {
+    const area = $("yaml-text");
+    const lines = area.value.split("\n");
+    lines[index] = lines[index].replace(wrong, right);
+    area.value = lines.join("\n");
+    update();
+    area.focus();
   }
 
   // Any change: problems shown belong to the old YAML, so they go.
