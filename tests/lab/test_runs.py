@@ -262,6 +262,43 @@ def test_cancel_queued_and_running(world: World) -> None:
     assert 0 < len(run["points"]["loss"]) < 400  # stopped long before its 400 steps
 
 
+def test_a_worker_whose_job_was_taken_over_stops_and_writes_nothing(world: World) -> None:
+    run_id = world.launch("ada", recipe("runs-lost", epochs=200, val_every=100, onnx=False))
+    worker = world.worker()
+    t = threading.Thread(target=worker.run_until_idle)
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while world.run("ada", run_id)["progress"]["step"] == 0:
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.1)
+        # another worker claims the job (as after an expired lease): a new fencing token
+        with world.cat.sessions() as s, s.begin():
+            row = s.get(LabRun, run_id)
+            assert row is not None
+            job = s.get(Job, row.job_id)
+            assert job is not None
+            job.attempts += 1
+            job.worker_id = "the-other-worker"
+    finally:
+        t.join(60)
+    assert not t.is_alive()
+    with world.cat.sessions() as s:
+        row = s.get(LabRun, run_id)
+        assert row is not None
+        stopped_at = (row.epoch, row.step, row.updated_at)
+        job = s.get(Job, row.job_id)
+        assert job is not None and job.state == "running" and job.worker_id == "the-other-worker"
+    run = world.run("ada", run_id)
+    assert run["status"] == "running" and run["progress"]["epoch"] < 200
+    time.sleep(1.2)
+    with world.cat.sessions() as s:
+        row = s.get(LabRun, run_id)
+        assert row is not None and (row.epoch, row.step, row.updated_at) == stopped_at
+    # leave nothing for later workers to train: the next claim finds the run cancelled
+    world.client.post(f"/api/v1/lab/runs/{run_id}/cancel", headers=world.headers["ada"])
+
+
 def _worker_process(settings: Settings) -> None:
     from medarena.db.engine import create_engine_for, session_factory
 
