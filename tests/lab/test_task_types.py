@@ -73,7 +73,12 @@ def test_detection_trains_validates_exports_and_registers(
     assert result.export["max_abs_diff"] <= result.export["tolerance"]
     model = get_model(task_catalogue, result.model or "")
     assert model.task == "detection" and model.metrics["cpm"] == result.metrics["cpm"]
-    assert model.model_card["metrics"]["validation"]["cpm"] == result.metrics["cpm"]
+    card = model.model_card
+    assert card["metrics"]["validation"]["cpm"] == result.metrics["cpm"]
+    assert card["training_data"]["task_settings"]["threshold"] == 0.05
+    assert any(x.startswith("Detection by heatmap") for x in card["limitations"])
+    # subgroups by the evaluation engine's per-case detection sensitivity
+    assert [g["metric"] for g in card["metrics"]["subgroups"]] == ["sensitivity"]
     assert parse_recipe((tmp_path / "run" / "recipe.yaml").read_text()) == recipe
 
 
@@ -156,3 +161,5 @@ def test_image_to_image_learns_exports_and_registers(
     assert result.export["output_shape"] == ["batch", 1, 16, 16]
     model = get_model(task_catalogue, result.model or "")
     assert model.task == "image_to_image" and model.metrics["psnr"] == result.metrics["psnr"]
+    assert model.model_card["training_data"]["task_settings"]["residual"] is True
+    assert any("preprocessed intensity scale" in x for x in model.model_card["limitations"])

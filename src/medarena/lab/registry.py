@@ -101,6 +101,7 @@ def model_card(
 ) -> dict[str, Any]:
     """Intended use, training data, metrics and limitations, from what the run knows."""
     t = recipe.task
+    settings = t.detection or t.image_to_image  # task-specific settings, if any
     limitations = [
         f"Trained on {n_train} cases and validated on {n_validation} cases of one dataset "
         f"split; performance on other sites, scanners or populations is unknown.",
@@ -114,6 +115,19 @@ def model_card(
         )
     if stopped == "time_budget":
         limitations.append("Training stopped at its time budget before the last epoch.")
+    if t.detection is not None:
+        d = t.detection
+        limitations.append(
+            f"Detection by {d.mode}: candidates are read with probability >= {d.threshold:g}, "
+            f"at least {d.min_distance_mm:g} mm apart, at most {d.max_candidates} per scan; "
+            f"the FROC / CPM comes from {n_validation} validation scans only."
+        )
+    if t.image_to_image is not None:
+        limitations.append(
+            "Image-to-image metrics (PSNR, SSIM, MAE) are computed in the preprocessed "
+            f"intensity scale with data range {t.image_to_image.data_range!r}, not in the "
+            "images' original units."
+        )
     undefined = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
     if undefined:
         limitations.append(
@@ -136,6 +150,7 @@ def model_card(
                 "class_names": class_names,
                 "in_channels": t.in_channels,
                 "patch_size": recipe.trainer.patch_size,
+                "task_settings": None if settings is None else settings.model_dump(mode="json"),
             },
             "metrics": {
                 "validation": metrics,
