@@ -240,6 +240,14 @@ def test_cancel_queued_and_running(world: World) -> None:
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert world.worker().run_until_idle() == 1  # the job finds the run cancelled
     assert world.run("ada", queued)["points"]["loss"] == []
+    # the run page's Cancel button (a form) on another queued run
+    other = world.launch("ada", recipe("runs-cancel-form"))
+    form = world.client.post(
+        f"/lab/runs/{other}/cancel", headers=world.headers["ada"], follow_redirects=False
+    )
+    assert form.status_code == 303 and form.headers["location"] == f"/lab/runs/{other}"
+    assert world.run("ada", other)["status"] == "cancelled"
+    assert world.worker().run_until_idle() == 1
 
     running = world.launch("ada", recipe("runs-cancel-r", epochs=200, val_every=100, onnx=False))
     worker = world.worker()
