@@ -25,6 +25,7 @@ from medarena.datasets.splits import SplitSpec
 from medarena.imaging.image import Image
 from medarena.imaging.nifti import write_nifti
 from medarena.lab.blocks import KINDS, REGISTRY, TASK_TYPES
+from medarena.lab.builder import ImageInfo, image_info
 from medarena.web.app import create_app
 
 PASSWORD = "a long enough password 1"
@@ -146,6 +147,7 @@ def test_datasets_api_lists_trainable_subsets_and_targets_never_hidden_ones(
     assert r.status_code == 200
     (ds,) = r.json()
     assert (ds["name"], ds["n_cases"], ds["spatial_dims"]) == ("tiny", N, 2)
+    assert (ds["allowed_spatial_dims"], ds["in_channels"]) == ([2], 1)
     (split,) = ds["splits"]
     assert split["name"] == "challenge"
     assert [s["name"] for s in split["subsets"]] == ["train", "validation"]
@@ -273,6 +275,17 @@ def test_validate_checks_the_data_against_the_catalogue(
     for secret in _grades(cat, hidden=True):
         assert secret not in str(body)
 
+    # the task must fit the images: 2D, one channel
+    text = _recipe(**{"spatial_dims: 2": "spatial_dims: 3\n  in_channels: 3"})
+    text = text.replace("[8, 8]", "[8, 8, 8]")
+    problems = _validate(c, auth, text)["problems"]
+    assert [(p["field"], p["line"], p["value"]) for p in problems] == [  # type: ignore[attr-defined]
+        ("task.spatial_dims", _line_of(text, "spatial_dims: 3"), 3),
+        ("task.in_channels", _line_of(text, "in_channels: 3"), 3),
+    ]
+    assert "are 2D" in problems[0]["message"]  # type: ignore[index]
+    assert "have 1 image channel" in problems[1]["message"]  # type: ignore[index]
+
     body = _validate(c, auth, "name: [unclosed\n")
     assert body["ok"] is False and "YAML syntax" in body["problems"][0]["message"]  # type: ignore[index]
     r = c.post("/api/v1/lab/recipes/validate", json={"recipe": "x" * 200_001}, headers=auth)
@@ -299,3 +312,23 @@ def test_builder_page_for_a_browser_session(
     )
     assert r.status_code == 200 and r.json()["ok"] is True
     c.cookies.clear()
+
+
+def test_image_info_reads_dims_and_channels(
+    app: tuple[TestClient, Catalogue, dict[str, str]], tmp_path: Path
+) -> None:
+    """One-slice volumes serve 2D and 3D tasks; channels add up over a case's image objects."""
+    _, cat, _ = app
+
+    def stored(image: Image) -> str:
+        path = write_nifti(image, tmp_path / f"{len(list(tmp_path.iterdir()))}.nii.gz")
+        return cat.store.put_file(path)
+
+    one_slice = stored(Image(np.zeros((4, 4, 1), np.float32), (1.0, 1.0, 1.0)))
+    rgb = stored(Image(np.zeros((4, 4, 3), np.float32), (1.0, 1.0)))
+    t1, t2 = (stored(Image(np.full((3, 3, 2), v, np.float32), (1.0, 1.0, 2.0))) for v in (1, 2))
+    assert image_info(cat, (one_slice,)) == ImageInfo((2, 3), 1)
+    assert image_info(cat, (rgb,)) == ImageInfo((2,), 3)
+    assert image_info(cat, (t1, t2)) == ImageInfo((3,), 2)
+    not_nifti = cat.store.put_bytes(b"not an image")
+    assert image_info(cat, (not_nifti,)) is None

@@ -27,6 +27,7 @@ from sqlalchemy import select
 
 from medarena.datasets.catalogue import Catalogue, case_records
 from medarena.db.models import Dataset, Split
+from medarena.errors import InputError
 from medarena.lab.blocks import KINDS, REGISTRY, TASK_TYPES, nearest
 from medarena.lab.recipe import (
     DatasetRef,
@@ -203,20 +204,72 @@ def dataset_choices(cat: Catalogue, only: str | None = None) -> list[dict[str, A
     out = []
     for ds_name, description in descriptions.items():
         records = case_records(cat, ds_name)
-        dims = Counter(len(r["shape"]) for r in records if r["shape"])
         splits = []
         for split_name, hidden_subsets in sorted(hidden[ds_name].items()):
             splits.append(_split_choice(records, split_name, hidden_subsets))
+        images = next(
+            (_image_objects(r) for r in records if _image_objects(r)), ()
+        )  # the first case with images stands for all (ingest keeps a case's channels alike)
+        info = image_info(cat, images) if images else None
         out.append(
             {
                 "name": ds_name,
                 "description": description,
                 "n_cases": len(records),
-                "spatial_dims": dims.most_common(1)[0][0] if dims else None,
+                # a 3D image of one slice (n, m, 1) serves a 2D task too
+                "spatial_dims": info.spatial_dims[0] if info else None,
+                "allowed_spatial_dims": list(info.spatial_dims) if info else [],
+                "in_channels": info.channels if info else None,
                 "splits": splits,
             }
         )
     return out
+
+
+def _image_objects(record: dict[str, Any]) -> tuple[str, ...]:
+    objs = sorted((o for o in record["objects"] if o["role"] == "image"), key=lambda o: o["name"])
+    return tuple(o["digest"] for o in objs)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a recipe's task must match: spatial dims that fit (preferred first), channels."""
+
+    spatial_dims: tuple[int, ...]
+    channels: int
+
+
+# Objects are content-addressed, so what was read of a digest never changes.
+_INFO_CACHE: dict[tuple[str, ...], ImageInfo | None] = {}
+_INFO_CACHE_SIZE = 1024
+
+
+def image_info(cat: Catalogue, digests: tuple[str, ...]) -> ImageInfo | None:
+    """Dims and channel count of a case's image objects (None if one is not a NIfTI)."""
+    if digests in _INFO_CACHE:
+        return _INFO_CACHE[digests]
+    from nibabel.wrapstruct import WrapStructError
+
+    from medarena.imaging.nifti import read_nifti
+
+    info: ImageInfo | None = None
+    try:
+        channels = 0
+        dims: tuple[int, ...] = ()
+        for digest in digests:
+            img = read_nifti(cat.store.path_of(digest))
+            channels += 1 if img.array.ndim == img.ndim else int(img.array.shape[-1])
+            one_slice = img.ndim == 3 and img.shape[2] == 1
+            dims = (2, 3) if one_slice else (img.ndim,)
+        info = ImageInfo(dims, channels)
+    except (InputError, OSError, ValueError, WrapStructError):
+        # read_nifti lets nibabel's WrapStructError through for a file too short to hold a
+        # header; no hint is better than a failed page
+        info = None
+    if len(_INFO_CACHE) >= _INFO_CACHE_SIZE:
+        _INFO_CACHE.clear()
+    _INFO_CACHE[digests] = info
+    return info
 
 
 def _split_choice(
@@ -335,6 +388,25 @@ def _catalogue_problems(
     split = splits[ds.split]
     subsets = [s["name"] for s in split["subsets"]]
     out: list[tuple[tuple[int | str, ...], str, str | None]] = []
+    dims, channels = found[0]["allowed_spatial_dims"], found[0]["in_channels"]
+    if dims and recipe.task.spatial_dims not in dims:
+        out.append(
+            (
+                ("task", "spatial_dims"),
+                f"the images of dataset {ds.name!r} are {dims[0]}D; task.spatial_dims is "
+                f"{recipe.task.spatial_dims} (value {recipe.task.spatial_dims!r})",
+                None,
+            )
+        )
+    if channels is not None and recipe.task.in_channels != channels:
+        out.append(
+            (
+                ("task", "in_channels"),
+                f"the cases of dataset {ds.name!r} have {channels} image channel(s); "
+                f"task.in_channels is {recipe.task.in_channels}",
+                None,
+            )
+        )
     for key in ("train", "validation"):
         name = getattr(ds, key)
         if name in split["hidden_subsets"]:

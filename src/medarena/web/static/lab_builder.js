@@ -216,18 +216,23 @@
       });
       box.append(el("div", { class: "check" }, cb, el("label", { for: id, text: t.name })));
     }
-    if (ds && ds.spatial_dims && state.task.spatial_dims === undefined) state.task.spatial_dims = ds.spatial_dims;
   }
 
   function onDataChange(key, value) {
     state.dataset[key] = value;
     if (key === "name") {
       const ds = currentDataset();
-      if (ds && ds.spatial_dims) { state.task.spatial_dims = ds.spatial_dims; renderTask(); fitPatch(); }
+      if (ds) { presetFromImages(ds); renderTask(); fitPatch(); }
     }
     if (key === "target") classesFromTarget();
     renderData();
     update();
+  }
+
+  // The dataset's images say how many axes and channels the task has.
+  function presetFromImages(ds) {
+    if (ds.spatial_dims) state.task.spatial_dims = ds.spatial_dims;
+    if (ds.in_channels) state.task.in_channels = ds.in_channels;
   }
 
   // A classification target's distinct values are the classes (server-side: class_names).
@@ -617,7 +622,7 @@
     state.trainer = defaultsOf(catalogue.settings.trainer);
     state.export = defaultsOf(catalogue.settings.export);
     state.dataset.name = datasets[0]?.name || "";
-    if (currentDataset()?.spatial_dims) state.task.spatial_dims = currentDataset().spatial_dims;
+    if (currentDataset()) presetFromImages(currentDataset());
     for (const kind of catalogue.kinds) state.blocks[kind] = catalogue.list_kinds.includes(kind) ? [] : firstBlock(kind);
     const kinds = $("kinds");
     for (const kind of catalogue.kinds) kinds.append(el("fieldset", { id: `kind-${kind}`, class: "kind" }));
