@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import time
 import warnings
 import zipfile
@@ -476,6 +477,26 @@ def _memory_hog() -> bytes:
     )
 
 
+def _folded_hog() -> bytes:
+    """A ConstantOfShape of 2^28 floats (1 GiB) added to the input's mean: constant
+    folding would compute it while a session is created."""
+    return _graph_model(
+        [
+            helper.make_node(
+                "ConstantOfShape",
+                ["count"],
+                ["big"],
+                value=numpy_helper.from_array(np.array([1.0], np.float32)),
+            ),
+            helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+            helper.make_node("ReduceMean", ["input"], ["mean"], axes=[2, 3, 4], keepdims=0),
+            helper.make_node("Add", ["mean", "total"], ["output"]),
+        ],
+        [numpy_helper.from_array(np.array([1 << 28], np.int64), "count")],
+        ["batch", 1],
+    )
+
+
 def _endless() -> bytes:
     """A Loop of 10^12 identity steps, then the spatial mean: never ends in time."""
     body = helper.make_graph(
@@ -509,19 +530,26 @@ def test_limits_are_enforced_during_inference_in_a_child_process(
 ) -> None:
     uid = _setup(catalogue, spec)
     started = time.monotonic()
+    # the upload's checks load the model without constant folding: no 1 GiB tensor here
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    folded = _submit(
+        catalogue, uid, "limited", _zip({"model.onnx": _folded_hog(), "manifest.yaml": MANIFEST})
+    )
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 256 * 1024  # kB
     hog = _submit(
         catalogue, uid, "limited", _zip({"model.onnx": _memory_hog(), "manifest.yaml": MANIFEST})
     )
     endless = _submit(
         catalogue, uid, "limited", _zip({"model.onnx": _endless(), "manifest.yaml": MANIFEST})
     )
-    assert score_all(catalogue) == 2
+    assert score_all(catalogue) == 3
     with catalogue.sessions() as s:
-        errors = {i: s.get(Submission, i).error for i in (hog, endless)}  # type: ignore[union-attr]
+        errors = {i: s.get(Submission, i).error for i in (hog, endless, folded)}  # type: ignore[union-attr]
         first = subset_cases(s, "brain", "challenge", "test")[0].case_key
     # the 4 GiB tensor is refused by the child's address-space cap, not allocated
     assert f"model exceeded the memory limit of 256 MB on case {first}" in str(errors[hog])
     assert f"model exceeded the time limit of 1.5 s on case {first}" in str(errors[endless])
+    assert "model exceeded the memory limit of 256 MB" in str(errors[folded]), errors[folded]
     # the endless loop was killed at its deadline: the whole run stays well under a minute
     assert time.monotonic() - started < 30
     # no child is left behind

@@ -19,8 +19,9 @@ In the child, before the model is loaded:
   memory limit) or kills the child (reported the same way).
 - one intra-op and one inter-op thread, CPU provider only.
 
-The worker waits for each answer until the case's deadline (``time_per_case_s`` from the
-start of the case, preprocessing included) and kills the child when it passes.
+The worker waits for each answer until the case's deadline (``time_per_case_s`` from when
+the case's first input is sent, every sliding window included) and kills the child when
+it passes.
 
 Messages are framed as a 4-byte length and a JSON header, followed by raw ``.npy`` arrays
 read with ``allow_pickle=False``: nothing the child sends is unpickled by the worker.

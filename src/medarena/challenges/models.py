@@ -192,9 +192,14 @@ def model_file(files_dir: Path) -> Path | None:
 
 
 def _session(path: Path) -> Any:
+    """An ONNX Runtime session for the upload's checks (operators, input shape), in the web
+    process: graph optimisations off, so that no constant folding computes a tensor the
+    model describes (a ConstantOfShape of 2^28 floats would otherwise take 1 GiB here); the
+    worker's child, under the memory limit, runs it optimised."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
@@ -521,23 +526,26 @@ def _case_input(store: LocalObjectStore, case: Any, m: Manifest) -> _CaseInput:
     return _CaseInput(image, masks, affine)
 
 
-def _limit_error(exc: SandboxError, key: str, limits: ModelLimits) -> UserInputError:
-    """The participant's reason for a child that failed on case ``key``."""
+def _limit_error(exc: SandboxError, key: str | None, limits: ModelLimits) -> UserInputError:
+    """The participant's reason for a child that failed on case ``key`` (None: loading)."""
+    where = f"on case {key}" if key is not None else "while ONNX Runtime loaded it"
     if exc.kind == "time":
         return UserInputError(
-            f"model exceeded the time limit of {limits.time_per_case_s:g} s on case {key} "
+            f"model exceeded the time limit of {limits.time_per_case_s:g} s {where} "
             "(this phase's model_limits.time_per_case_s; the inference process was stopped)"
         )
     if exc.kind == "memory":
         return UserInputError(
-            f"model exceeded the memory limit of {limits.memory_mb} MB on case {key} "
+            f"model exceeded the memory limit of {limits.memory_mb} MB {where} "
             f"(this phase's model_limits.memory_mb): {exc.message}"
         )
     if exc.kind == "crash":
         return UserInputError(
-            f"{exc.message} on case {key}; a model over the memory limit of "
+            f"{exc.message} {where}; a model over the memory limit of "
             f"{limits.memory_mb} MB (model_limits.memory_mb) ends this way"
         )
+    if key is None:
+        return UserInputError(f"ONNX Runtime cannot load {MODEL_FILE}: {exc.message}")
     return UserInputError(f"case {key}: ONNX Runtime failed: {exc.message}")
 
 
@@ -545,9 +553,7 @@ def _start(model: Path, limits: ModelLimits, workdir: Path) -> ModelProcess:
     try:
         proc = ModelProcess(model, limits.memory_mb, workdir, 60 + limits.time_per_case_s)
     except SandboxError as exc:
-        if exc.kind == "runtime":
-            raise UserInputError(f"ONNX Runtime cannot load {MODEL_FILE}: {exc.message}") from None
-        raise _limit_error(exc, "(loading the model)", limits) from None
+        raise _limit_error(exc, None, limits) from None
     logger.info("model process %d started (network: %s)", proc.proc.pid, proc.network)
     return proc
 
@@ -581,7 +587,6 @@ def predict_cases(
     proc = _start(model_path, limits, dest)
     try:
         for i, case in enumerate(cases):
-            deadline = time.monotonic() + limits.time_per_case_s
             data = _case_input(store, case, manifest)
             if data.image.shape[0] != len(manifest.inputs.channels):
                 raise UserInputError(
@@ -591,6 +596,9 @@ def predict_cases(
             x = _preprocess(data.image, data.affine, manifest)
             if data.masks is not None:
                 x = np.concatenate([x, data.masks], axis=0)
+            # the model's time: every window of the case, not the worker's reading and
+            # preprocessing (whose first case also imports MONAI)
+            deadline = time.monotonic() + limits.time_per_case_s
             try:
                 if track.task in GRID_TASKS:
                     out = _sliding_window(proc, x[None], manifest, deadline)
