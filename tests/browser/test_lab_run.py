@@ -77,6 +77,11 @@ def test_launch_a_run_and_watch_its_live_chart(new_page: Any, artifacts: Path) -
     page.wait_for_function(LIVE_JS, timeout=90_000)
     assert page_fits(page)
     _shot(page, artifacts, "lab-02-run-live-chart")
+    # the Lab page, opened while the run trains, follows it without a reload
+    index = page.context.new_page()
+    index.goto("/lab")
+    row = index.locator(f"#runs tr[data-id='{run_id}']")
+    expect(row).to_be_visible()
     run = page.locator("#run")
     expect(run).to_have_attribute("data-status", "succeeded", timeout=180_000)
     expect(page.locator("#status")).to_have_text("succeeded")
@@ -90,7 +95,6 @@ def test_launch_a_run_and_watch_its_live_chart(new_page: Any, artifacts: Path) -
     expect(page.locator("#cancel-form")).to_be_hidden()
     _shot(page, artifacts, "lab-03-run-succeeded")
 
-    page.get_by_role("link", name="Lab", exact=True).first.click()
-    row = page.locator(f"#runs tr[data-id='{run_id}']")
     expect(row).to_have_attribute("data-status", "succeeded")
     expect(row.get_by_role("link", name="browser-brain-unet:1")).to_be_visible()
+    expect(row.locator(".progress")).to_contain_text("100%")
