@@ -292,7 +292,7 @@ outputs: {kind: value, names: [grade]}
 
 @SQLITE_ONLY
 def test_lab_model_submission_gets_grad_cam_from_its_registry_weights(
-    catalogue: Catalogue, spec: ChallengeSpec, tmp_path: Path
+    catalogue: Catalogue, spec: ChallengeSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from medarena.challenges.explanations import _back_to_case_grid
     from medarena.challenges.models import _preprocess, parse_manifest
@@ -325,6 +325,34 @@ def test_lab_model_submission_gets_grad_cam_from_its_registry_weights(
             stored = _maps(catalogue, exp.digest)[..., 0]
             assert stored.max() == pytest.approx(1.0, abs=1e-6)  # scaled: the peak is 1
             np.testing.assert_allclose(stored, want, atol=0.51 / 255)
+    # the same model explained on the command line, on the recipe's preprocessed grid
+    from typer.testing import CliRunner
+
+    from medarena.cli.main import app
+
+    monkeypatch.setenv("MEDARENA_DATA_DIR", str(catalogue.settings.data_dir))
+    monkeypatch.setenv(
+        "MEDARENA_DATABASE_URL", catalogue.engine.url.render_as_string(hide_password=False)
+    )
+    monkeypatch.setenv("MEDARENA_SECRET_KEY", "k" * 48)
+    out = tmp_path / "cam.nii.gz"
+    args = ["lab", "explain", "brain-grade:1", "--case", c.case_key, "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Grad-CAM" in result.output and "maps: grade" in result.output
+    cam = nib.load(out)
+    assert cam.shape == (8, 8, 8, 1) and cam.get_data_dtype() == np.uint8
+    assert float(np.asarray(cam.dataobj).max()) == pytest.approx(1.0, abs=1e-6)
+    x = torch.from_numpy(_preprocess(image, img.nifti_affine(), parse_manifest(LAB_MANIFEST))[None])
+    np.testing.assert_allclose(
+        np.asarray(cam.dataobj)[..., 0], grad_cam(net, x, class_index=0)[0], atol=0.51 / 255
+    )
+    with catalogue.sessions() as s:
+        hidden_key = subset_cases(s, "brain", "challenge", "test")[0].case_key
+    refused = CliRunner().invoke(app, [*args[:4], hidden_key, "--out", str(out)])
+    assert refused.exit_code != 0 and "hidden subset" in refused.output
+    missing = CliRunner().invoke(app, [*args[:4], "nope", "--out", str(out)])
+    assert missing.exit_code != 0 and "no case 'nope' in dataset 'brain'" in missing.output
 
 
 @SQLITE_ONLY

@@ -34,7 +34,6 @@ that fails is listed with its reason in the index, and the viewer says "no expla
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import logging
@@ -58,7 +57,7 @@ from medarena.config import get_settings
 from medarena.db.platform_models import Challenge, Job, Submission
 from medarena.errors import MedarenaError
 from medarena.jobs import JobContext, enqueue
-from medarena.lab.explain import METHOD_TITLES, Explanation
+from medarena.lab.explain import METHOD_TITLES, Explanation, case_image, maps_nifti
 from medarena.storage import LocalObjectStore, open_store
 
 logger = logging.getLogger(__name__)
@@ -229,35 +228,6 @@ def _sliding_window(predict: Predict, x: np.ndarray, m: Any) -> np.ndarray:
             mode="gaussian",
         )
     return np.asarray(out.numpy() if isinstance(out, torch.Tensor) else out)
-
-
-def case_image(store: LocalObjectStore, case: Any, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    """A case's image channels (channel-first, by object name) and the NIfTI affine."""
-    from medarena.imaging.nifti import read_nifti
-
-    objs = sorted((o for o in case.objects if o.role == "image"), key=lambda o: o.name)
-    if not objs:
-        raise MedarenaError("the case has no image object")
-    channels, affine = [], None
-    for o in objs:
-        img = read_nifti(store.path_of(o.digest))
-        arr = img.array.astype(np.float32)
-        channels.append(arr[None] if arr.ndim == ndim else np.moveaxis(arr, -1, 0))
-        affine = img.nifti_affine() if affine is None else affine
-    assert affine is not None
-    return np.concatenate(channels, axis=0), affine
-
-
-def maps_nifti(maps: np.ndarray, affine: np.ndarray) -> bytes:
-    """Gzipped uint8 NIfTI of maps (n, *spatial) in [0, 1]: (x, y, z, n), scl_slope 1/255."""
-    import nibabel as nib
-
-    arr = np.moveaxis(np.clip(maps, 0.0, 1.0), 0, -1)
-    if arr.ndim == 3:  # 2-D maps: one slice
-        arr = arr[:, :, None, :]
-    img = nib.Nifti1Image(np.rint(arr * 255.0).astype(np.uint8), affine)
-    img.header.set_slope_inter(1.0 / 255.0, 0.0)
-    return gzip.compress(img.to_bytes(), mtime=0)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from medarena.cli.common import console, handle_errors, settings_or_exit
+from medarena.cli.lab_explain import register_explain
 from medarena.cli.lab_runs import register_runs
 from medarena.datasets.catalogue import open_catalogue
 from medarena.errors import InputError
@@ -24,6 +25,7 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(group, name="lab")
     register_runs(group)  # medarena lab runs submit|list|show|cancel (cli/lab_runs.py)
+    register_explain(group)  # medarena lab explain (cli/lab_explain.py)
 
     @group.command("blocks")
     @handle_errors

@@ -27,6 +27,7 @@ any positive evidence stays 0), or is a probability already.
 
 from __future__ import annotations
 
+import gzip
 import io
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from medarena.errors import InputError
+from medarena.errors import InputError, NotFoundError
 
 Method = Literal["gradcam", "occlusion", "probability"]
 METHOD_TITLES: dict[str, str] = {
@@ -250,3 +251,150 @@ def registry_network(store: Any, recipe_yaml: str, weights_digest: str) -> Any:
     state = torch.load(io.BytesIO(store.get_bytes(weights_digest)), weights_only=True)
     network.load_state_dict(state)
     return network.eval()
+
+
+def case_image(store: Any, case: Any, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A case's image channels (channel-first, by object name) and the NIfTI affine."""
+    from medarena.imaging.nifti import read_nifti
+
+    objs = sorted((o for o in case.objects if o.role == "image"), key=lambda o: o.name)
+    if not objs:
+        raise NotFoundError(f"case {case.case_key!r} has no image object")
+    channels, affine = [], None
+    for o in objs:
+        img = read_nifti(store.path_of(o.digest))
+        arr = img.array.astype(np.float32)
+        channels.append(arr[None] if arr.ndim == ndim else np.moveaxis(arr, -1, 0))
+        affine = img.nifti_affine() if affine is None else affine
+    assert affine is not None
+    return np.concatenate(channels, axis=0), affine
+
+
+def maps_nifti(maps: np.ndarray, affine: np.ndarray) -> bytes:
+    """Gzipped uint8 NIfTI of maps (n, *spatial) in [0, 1]: (x, y, z, n), scl_slope 1/255."""
+    import nibabel as nib
+
+    arr = np.moveaxis(np.clip(maps, 0.0, 1.0), 0, -1)
+    if arr.ndim == 3:  # 2-D maps: one slice
+        arr = arr[:, :, None, :]
+    img = nib.Nifti1Image(np.rint(arr * 255.0).astype(np.uint8), affine)
+    img.header.set_slope_inter(1.0 / 255.0, 0.0)
+    return gzip.compress(img.to_bytes(), mtime=0)
+
+
+def explain_registry_case(
+    cat: Any,
+    ref: str,
+    case_key: str,
+    *,
+    dataset: str | None = None,
+    target_layer: str | None = None,
+    class_index: int | None = None,
+) -> tuple[Explanation, np.ndarray]:
+    """The explanation of a registry model on one case: (maps, the maps' NIfTI affine).
+
+    The case (of ``dataset``, default the model's own) goes through the recipe's
+    deterministic preprocessing; the maps are on that preprocessed grid, and the affine
+    MONAI tracked through the transforms places them in the case's world coordinates.
+    Classifiers and regressors get Grad-CAM (``class_index``: default the highest output
+    for classification, every label for multilabel, the value for regression);
+    segmentation models get probability maps (sliding windows as in validation). A case
+    of a hidden subset is refused: hidden test data is not for explaining.
+    """
+    import torch
+    from monai.data import MetaTensor
+    from sqlalchemy import select
+
+    from medarena.db.models import Case, Dataset, SplitAssignment
+    from medarena.lab.blocks import MAP_TASKS
+    from medarena.lab.pipeline import build_pipelines
+    from medarena.lab.recipe import parse_recipe
+    from medarena.lab.registry import get_model
+
+    info = get_model(cat, ref)
+    recipe = parse_recipe(info.recipe_yaml, f"{info.ref}/recipe.yaml")
+    task = recipe.task.type
+    if task not in ("classification", "multilabel", "regression", "segmentation"):
+        raise InputError(
+            f"model {info.ref} is a {task} model; explanations cover classification, "
+            "multilabel, regression (Grad-CAM) and segmentation (probability maps)",
+            value=ref,
+        )
+    name = dataset or info.dataset
+    with cat.session() as s:
+        case = s.scalars(
+            select(Case).join(Dataset).where(Dataset.name == name, Case.case_key == case_key)
+        ).one_or_none()
+        if case is None:
+            raise NotFoundError(f"no case {case_key!r} in dataset {name!r}")
+        hidden = s.scalars(
+            select(SplitAssignment.id).where(
+                SplitAssignment.case_id == case.id, SplitAssignment.hidden.is_(True)
+            )
+        ).first()
+        if hidden is not None:
+            raise InputError(
+                f"case {case_key!r} is in a hidden subset of dataset {name!r}; hidden test "
+                "cases are not explained",
+                value=case_key,
+            )
+        image, affine = case_image(cat.store, case, recipe.task.spatial_dims)
+    if image.shape[0] != recipe.task.in_channels:
+        raise InputError(
+            f"case {case_key!r} has {image.shape[0]} image channel(s); model {info.ref} "
+            f"takes {recipe.task.in_channels}",
+            value=case_key,
+        )
+    aff = torch.as_tensor(affine, dtype=torch.float64)
+    d: dict[str, Any] = {"image": MetaTensor(torch.from_numpy(image), affine=aff)}
+    if task in MAP_TASKS:  # the label key the spatial blocks also move: an empty map
+        d["label"] = MetaTensor(torch.zeros((1, *image.shape[1:])), affine=aff)
+    d = build_pipelines(recipe).cached(d)
+    x_meta = d["image"]
+    x = torch.as_tensor(np.asarray(x_meta), dtype=torch.float32)[None]
+    out_affine = np.asarray(x_meta.affine, dtype=np.float64)
+    network = registry_network(cat.store, info.recipe_yaml, info.weights_digest)
+    classes = [str(c) for c in info.model_card.get("training_data", {}).get("class_names", [])]
+    if task == "segmentation":
+        maps = _segmentation_probabilities(network, x, recipe)
+        fg = classes[1:] if len(classes) == maps.shape[0] + 1 else []
+        seg_names = tuple(fg or (str(i) for i in range(1, maps.shape[0] + 1)))
+        return Explanation("probability", seg_names, maps), out_affine
+    with torch.no_grad():
+        n_out = int(network(x).shape[-1])
+    if class_index is not None:
+        targets = [class_index]
+    elif task == "classification":
+        with torch.no_grad():
+            targets = [int(network(x).reshape(-1).argmax())]
+    elif task == "multilabel":
+        targets = list(range(n_out))
+    else:
+        targets = [0]
+    heat = [grad_cam(network, x, t, target_layer)[0] for t in targets]
+    if task == "multilabel":
+        labels = list(recipe.dataset.targets or [])
+    elif task == "regression":
+        labels = [recipe.dataset.target or "value"]
+    else:
+        labels = classes
+    names = tuple(labels[t] if t < len(labels) else str(t) for t in targets)
+    return Explanation("gradcam", names, np.stack(heat)), out_affine
+
+
+def _segmentation_probabilities(network: Any, x: Any, recipe: Any) -> np.ndarray:
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    sw = recipe.trainer.sliding_window
+    with torch.no_grad():
+        out = sliding_window_inference(
+            x,
+            roi_size=list(recipe.trainer.patch_size),
+            sw_batch_size=1,
+            predictor=network,
+            overlap=sw.overlap if sw is not None else 0.25,
+            mode=sw.mode if sw is not None else "gaussian",
+        )
+    logits = np.asarray(out[0] if isinstance(out, torch.Tensor) else out, dtype=np.float32)
+    return probability_maps(logits, "softmax" if logits.shape[0] > 1 else "sigmoid")
