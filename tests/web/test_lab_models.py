@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from medarena.accounts.sessions import create_web_session, sign_session_id
 from medarena.accounts.tokens import create_token
 from medarena.challenges.scoring import HANDLERS
-from medarena.challenges.spec import ChallengeSpec, parse_spec
+from medarena.challenges.spec import ChallengeSpec, Track, parse_spec
 from medarena.cli.main import app as cli_app
 from medarena.config import get_settings
 from medarena.datasets.catalogue import Catalogue, make_split, open_catalogue
@@ -35,8 +35,11 @@ from medarena.datasets.ingest import ingest
 from medarena.datasets.splits import SplitSpec
 from medarena.db.lab_models import LabRun
 from medarena.db.platform_models import Challenge, Submission, User
+from medarena.errors import InputError
 from medarena.jobs import Worker
 from medarena.lab.recipe import parse_recipe
+from medarena.lab.registry import ModelInfo
+from medarena.lab.submit import manifest_for
 from medarena.lab.trainer import train
 from medarena.web.app import create_app
 
@@ -292,3 +295,103 @@ def test_one_click_submission_from_the_web_form_and_the_cli(world: World) -> Non
         env=_env(world),
     )
     assert result.exit_code != 0 and "no user with email 'nobody@example.org'" in result.output
+
+
+def _info(recipe: str, task: str) -> ModelInfo:
+    return ModelInfo(
+        name="m",
+        version=1,
+        task=task,
+        dataset="d",
+        split="s",
+        dataset_version="0",
+        metrics={},
+        created_at="",
+        weights_digest="",
+        onnx_digest=None,
+        onnx_size=None,
+        export={},
+        model_card={},
+        curves=[],
+        recipe_yaml=recipe,
+    )
+
+
+def _track(task: str, **cfg: object) -> Track:
+    # only what manifest_for reads: the spec's metric checks are not the point here
+    return Track.model_construct(slug="t", task=task, task_config=cfg, dataset="d")
+
+
+SEG_RECIPE = """\
+name: m
+dataset: {name: d, split: s}
+task: {type: segmentation, spatial_dims: 3, num_classes: 3}
+preprocess:
+  - {block: ct_window, params: {a_min: -200, a_max: 300}}
+  - {block: rand_crop_by_label}
+network: {block: unet}
+loss: {block: dice_ce}
+trainer: {patch_size: [16, 16, 8], sliding_window: {overlap: 0.5}}
+"""
+
+
+def test_manifests_derived_from_recipes_per_task_and_refusals() -> None:
+    seg = yaml.safe_load(manifest_for(_info(SEG_RECIPE, "segmentation"), _track("segmentation")))
+    assert seg["inputs"]["patch_size"] == [16, 16, 8] and seg["inputs"]["overlap"] == 0.5
+    assert seg["inputs"]["normalisation"][0]["block"] == "ct_window"
+    assert seg["outputs"] == {"kind": "argmax", "names": ["1", "2"]}
+    i2i_recipe = (
+        SEG_RECIPE.replace(
+            "type: segmentation, spatial_dims: 3, num_classes: 3",
+            "type: image_to_image, spatial_dims: 3",
+        )
+        .replace("  - {block: rand_crop_by_label}\n", "")
+        .replace("dice_ce", "l1")
+    )
+    i2i = yaml.safe_load(
+        manifest_for(_info(i2i_recipe, "image_to_image"), _track("image-to-image"))
+    )
+    # ct_window maps [-200, 300] to [0, 1]: the output is written back as 500 * y - 200
+    assert i2i["outputs"] == {"kind": "image", "scale": 500.0, "offset": -200.0}
+    zscored = i2i_recipe.replace(
+        "{block: ct_window, params: {a_min: -200, a_max: 300}}", "{block: zscore}"
+    )
+    with pytest.raises(InputError, match="needs exactly one fixed intensity window"):
+        manifest_for(_info(zscored, "image_to_image"), _track("image-to-image"))
+    with pytest.raises(InputError, match="a segmentation model does not fit a regression track"):
+        manifest_for(_info(SEG_RECIPE, "segmentation"), _track("regression"))
+    resampled = SEG_RECIPE.replace(
+        "preprocess:\n", "preprocess:\n  - {block: spacing, params: {pixdim: [1, 1, 1]}}\n"
+    )
+    with pytest.raises(InputError, match="its recipe resamples"):
+        manifest_for(_info(resampled, "segmentation"), _track("segmentation"))
+    binary = RECIPE.replace(
+        "type: regression, spatial_dims: 3", "type: classification, spatial_dims: 3, num_classes: 2"
+    ).replace("l1", "ce")
+    with pytest.raises(InputError, match="a binary classification track takes one score"):
+        manifest_for(_info(binary, "classification"), _track("classification", mode="binary"))
+    multi = yaml.safe_load(
+        manifest_for(
+            _info(binary, "classification"),
+            _track("classification", mode="multiclass", class_names=["a", "b"]),
+        )
+    )
+    assert multi["outputs"] == {"kind": "scores", "activation": "softmax", "names": ["a", "b"]}
+    assert multi["inputs"]["size"] == [8, 8, 8]
+    det_recipe = (
+        SEG_RECIPE.replace(
+            "type: segmentation, spatial_dims: 3, num_classes: 3",
+            "type: detection, spatial_dims: 3, "
+            "detection: {threshold: 0.2, min_distance_mm: 4.0, max_candidates: 50}",
+        )
+        .replace("  - {block: rand_crop_by_label}\n", "")
+        .replace("dice_ce", "l1")
+    )
+    det = yaml.safe_load(manifest_for(_info(det_recipe, "detection"), _track("detection")))
+    assert det["outputs"] == {
+        "kind": "heatmap",
+        "activation": "sigmoid",
+        "threshold": 0.2,
+        "min_distance_mm": 4.0,
+        "max_candidates": 50,
+    }
