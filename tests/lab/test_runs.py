@@ -83,10 +83,9 @@ class World:
         return dict(r.json())
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    base = tmp_path_factory.mktemp("labruns")
-    settings = get_settings(data_dir=base / "data", secret_key="s" * 48)
+def make_world(base: Path, database_url: str | None = None) -> World:
+    """The catalogue (``disks2d`` with splits default and challenge), users and a client."""
+    settings = get_settings(data_dir=base / "data", database_url=database_url, secret_key="s" * 48)
     cat = open_catalogue(settings)
     write_dataset(base / "src", 2, 32)
     assert ingest(cat, base / "src", "disks2d").cases_added == 8
@@ -118,9 +117,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             s.add(user)
             s.flush()
             headers[name] = {"Authorization": f"Bearer {create_token(s, user, 't')[1]}"}
-    client = TestClient(create_app(settings, cat))
-    yield World(settings, cat, client, headers)
-    cat.close()
+    return World(settings, cat, TestClient(create_app(settings, cat)), headers)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = make_world(tmp_path_factory.mktemp("labruns"))
+    yield w
+    w.cat.close()
 
 
 def _count(cat: Catalogue) -> tuple[int, int]:
@@ -402,3 +406,28 @@ def test_cli_submit_wait_list_show_cancel(
     again = runner.invoke(app, ["lab", "runs", "cancel", str(run_id)])
     assert again.exit_code != 0 and "already succeeded" in again.output
     assert runner.invoke(app, ["lab", "runs", "show", "999999"]).exit_code != 0
+
+
+@pytest.mark.postgres
+def test_run_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    """Launch, train (fenced progress), follow and cancel on PostgreSQL."""
+    w = make_world(tmp_path, postgres_url)
+    try:
+        run_id = w.launch("ada", recipe("pg-run", epochs=1, onnx=False))
+        assert (
+            w.client.get(f"/api/v1/lab/runs/{run_id}", headers=w.headers["bob"]).status_code == 404
+        )
+        queued = w.launch("ada", recipe("pg-cancel"))
+        assert (
+            w.client.post(f"/api/v1/lab/runs/{queued}/cancel", headers=w.headers["ada"]).json()[
+                "status"
+            ]
+            == "cancelled"
+        )
+        assert w.worker().run_until_idle() == 2
+        done = w.run("ada", run_id)
+        assert done["status"] == "succeeded", done["error"]
+        assert [s for s, _ in done["points"]["loss"]] == [1, 2] and done["model"] == "pg-run:1"
+        assert w.run("ada", queued)["status"] == "cancelled"
+    finally:
+        w.cat.close()
