@@ -295,6 +295,27 @@ def test_one_click_submission_from_the_web_form_and_the_cli(world: World) -> Non
         env=_env(world),
     )
     assert result.exit_code != 0 and "no user with email 'nobody@example.org'" in result.output
+    # --team: as the team's captain (bob captains bob-team), the same service and checks
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "lab",
+            "models",
+            "submit",
+            world.ref,
+            "--team",
+            "bob-team",
+            "--challenge",
+            "brain-2025",
+            "--track",
+            "seg",
+            "--phase",
+            "preliminary",
+        ],
+        env=_env(world),
+    )
+    assert result.exit_code != 0
+    assert "a regression model does not fit a segmentation track" in result.output
 
 
 def _info(recipe: str, task: str) -> ModelInfo:

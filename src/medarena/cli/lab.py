@@ -298,6 +298,9 @@ def register(app: typer.Typer) -> None:
             help="Submit as this user (email), for their team in the challenge. Default: the "
             "owner of the lab run that trained the model.",
         ),
+        team: str | None = typer.Option(
+            None, "--team", help="Submit for this team of the challenge, as its captain."
+        ),
     ) -> None:
         """Submit a registry model to a challenge in one step.
 
@@ -307,19 +310,25 @@ def register(app: typer.Typer) -> None:
         Works on the database of MEDARENA_DATABASE_URL (an operator's command); on the web,
         the model's page (/lab/models/NAME:VERSION) has the same submit form.
         """
+        from medarena.db.platform_models import User
         from medarena.lab.registry import get_model
-        from medarena.lab.submit import find_user, owner_of, submit_registry_model
+        from medarena.lab.submit import find_user, owner_of, submit_registry_model, team_captain
 
         with settings_or_exit() as settings:
             cat = open_catalogue(settings)
             try:
                 info = get_model(cat, ref)
+                if user and team:
+                    raise InputError("give --user or --team, not both", value=[user, team])
                 with cat.sessions() as s:
-                    who = find_user(s, user) if user else owner_of(s, info)
+                    if team:
+                        who: User | None = team_captain(s, challenge, team)
+                    else:
+                        who = find_user(s, user) if user else owner_of(s, info)
                     if who is None:
                         raise InputError(
                             f"model {info.ref} was not trained by a lab run, so it has no "
-                            "owner; name the submitting user with --user EMAIL",
+                            "owner; name the submitting user with --user EMAIL or --team NAME",
                             value=ref,
                         )
                     uid, email = who.id, who.email

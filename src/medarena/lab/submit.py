@@ -339,6 +339,24 @@ def find_user(session: Session, email: str) -> User:
     return user
 
 
+def team_captain(session: Session, challenge: str, team: str) -> User:
+    """The captain of team ``team`` of challenge ``challenge`` (CLI); NotFoundError naming both."""
+    from medarena.challenges.service import get_challenge
+    from medarena.db.platform_models import Team, TeamMember
+
+    ch = get_challenge(session, challenge)
+    q = (
+        select(User)
+        .join(TeamMember, TeamMember.user_id == User.id)
+        .join(Team, Team.id == TeamMember.team_id)
+        .where(Team.challenge_id == ch.id, Team.name == team, TeamMember.is_captain.is_(True))
+    )
+    user = session.scalars(q.limit(1)).one_or_none()
+    if user is None:
+        raise NotFoundError(f"no team {team!r} with a captain in challenge {challenge!r}")
+    return user
+
+
 def owner_of(session: Session, info: ModelInfo) -> User | None:
     """The owner of the lab run that registered ``info`` (None: trained outside a run)."""
     q = select(LabRun.owner_id).where(LabRun.model_ref == info.ref).limit(1)
