@@ -584,7 +584,7 @@ def predict_cases(
         raise UserInputError(str(exc)) from None
     dest.mkdir(parents=True, exist_ok=True)
     writer = _Writer(track, manifest, dest)
-    proc = _start(model_path, limits, dest)
+    proc = _start(model_path, limits, dest.parent)  # its log stays out of the predictions
     try:
         for i, case in enumerate(cases):
             data = _case_input(store, case, manifest)
