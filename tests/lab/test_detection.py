@@ -134,3 +134,20 @@ def test_components_give_centroids_and_their_peak_probability() -> None:
     assert len(component_candidates(p2, np.eye(3), threshold=0.5)) == 1
     assert len(component_candidates(p, np.eye(3), threshold=0.5, min_distance_mm=8.0)) == 1
     assert component_candidates(np.zeros((3, 3)), np.eye(3)) == []
+
+
+def test_peaks_are_refined_below_the_voxel_size() -> None:
+    # along i the peak's neighbours are 0.25 and 0.5: the log-parabola's vertex lies at
+    # 0.5 * (ln 0.25 - ln 0.5) / (ln 0.25 - 2 ln 1 + ln 0.5) = 1/6 voxel = 1/3 mm (2 mm voxels)
+    h = np.zeros((7, 7, 7))
+    h[3, 3, 3], h[2, 3, 3], h[4, 3, 3] = 1.0, 0.25, 0.5
+    [c] = heatmap_candidates(h, AFFINE, threshold=0.5, min_distance_mm=3.0)
+    assert c["x"] == pytest.approx(10 + 2 * (3 + 1 / 6))
+    assert (c["y"], c["z"], c["probability"]) == (29.0, 42.0, 1.0)  # zero neighbours: kept
+    # a Gaussian blob centred between voxels is found at its centre (exact for a Gaussian),
+    # here a 2 mm nodule (radius 1 mm) on 2 x 3 x 4 mm voxels: a voxel centre would miss it
+    finding = {"x": 17.1, "y": 31.4, "z": 45.3, "diameter_mm": 2.0}
+    blob = gaussian_heatmap((8, 8, 8), AFFINE, [finding])
+    [c] = heatmap_candidates(blob, AFFINE, threshold=0.5)
+    got = np.array([c["x"], c["y"], c["z"]])
+    assert np.abs(got - [17.1, 31.4, 45.3]).max() < 1e-3

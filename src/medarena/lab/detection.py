@@ -15,9 +15,14 @@ Candidates come from a probability heatmap (the sigmoid of the network output) b
 :func:`heatmap_candidates`: voxels that are the maximum of their neighbourhood
 (``min_distance_mm`` in each direction) and at least ``threshold``, strongest first, a
 candidate closer than ``min_distance_mm`` to a stronger one dropped, at most
-``max_candidates``; each is its voxel centre in world mm and the heatmap value there as the
-probability. The same function serves the lab's validation (FROC / LUNA16 CPM of the
-evaluation engine) and ONNX model submissions of detection tracks.
+``max_candidates``; each is its position in world mm and the heatmap value at its voxel as
+the probability. The position is refined below the voxel size: along each array axis, a
+parabola through the logarithms of the peak and its two neighbours gives the offset (within
+half a voxel), which is exact for a Gaussian blob (its logarithm is a parabola along every
+axis of an axis-aligned or rotated grid), so a nodule smaller than a voxel is still hit; a
+peak with a zero neighbour (a blob cut off, a single-voxel spike) stays at its voxel centre.
+The same function serves the lab's validation (FROC / LUNA16 CPM of the evaluation engine)
+and ONNX model submissions of detection tracks.
 
 Detection through segmentation (``task.detection.mode: segmentation``): the target is a
 label map of the nodules' spheres (:func:`sphere_mask`: voxels whose centre lies inside, and
@@ -143,7 +148,29 @@ def heatmap_candidates(
     half = np.maximum(np.floor(min_distance_mm / sizes), 1).astype(int)
     local_max = ndimage.maximum_filter(h, size=tuple(2 * half + 1), mode="constant", cval=-np.inf)
     peaks = np.argwhere((h >= local_max) & (h >= threshold) & (h > 0))
-    return _pick(a, peaks.astype(np.float64), h[tuple(peaks.T)], min_distance_mm, max_candidates)
+    return _pick(a, _subvoxel(h, peaks), h[tuple(peaks.T)], min_distance_mm, max_candidates)
+
+
+def _subvoxel(h: NDArray[np.float64], peaks: NDArray[np.intp]) -> NDArray[np.float64]:
+    """Peak positions (voxel units) refined by a log-parabola along each axis (docstring)."""
+    out = peaks.astype(np.float64)
+    for axis in range(h.ndim):
+        lo, hi = peaks.copy(), peaks.copy()
+        lo[:, axis] -= 1
+        hi[:, axis] += 1
+        ok = (lo[:, axis] >= 0) & (hi[:, axis] < h.shape[axis])
+        if not ok.any():
+            continue
+        idx = np.flatnonzero(ok)
+        a, b, c = (h[tuple(q[idx].T)] for q in (lo, peaks, hi))
+        ok2 = (a > 0) & (b > 0) & (c > 0)
+        idx, a, b, c = idx[ok2], a[ok2], b[ok2], c[ok2]
+        la, lb, lc = np.log(a), np.log(b), np.log(c)
+        curvature = la - 2 * lb + lc
+        bent = curvature < 0  # a true maximum along this axis
+        offset = 0.5 * (la[bent] - lc[bent]) / curvature[bent]
+        out[idx[bent], axis] += np.clip(offset, -0.5, 0.5)
+    return out
 
 
 def _checked_map(
