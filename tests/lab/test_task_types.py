@@ -20,6 +20,7 @@ from medarena.datasets.catalogue import Catalogue, make_split
 from medarena.datasets.findings import attach_findings
 from medarena.datasets.ingest import ingest
 from medarena.datasets.splits import SplitSpec
+from medarena.errors import InputError
 from medarena.evaluation.detection import luna16_cpm
 from medarena.evaluation.image import psnr
 from medarena.lab import parse_recipe
@@ -163,3 +164,16 @@ def test_image_to_image_learns_exports_and_registers(
     assert model.task == "image_to_image" and model.metrics["psnr"] == result.metrics["psnr"]
     assert model.model_card["training_data"]["task_settings"]["residual"] is True
     assert any("preprocessed intensity scale" in x for x in model.model_card["limitations"])
+
+
+def test_missing_findings_or_wrong_dimensions_are_named(
+    task_catalogue: Catalogue, tmp_path: Path
+) -> None:
+    # balls3d has label maps but no findings objects; nothing is written for a refused run
+    text = DET3D.replace("name: nodules3d", "name: balls3d")
+    with pytest.raises(InputError, match=r"has 0 findings objects; detection needs exactly one"):
+        train(parse_recipe(text), task_catalogue, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    text = i2i2d(1).replace("name: denoise2d", "name: balls3d")
+    with pytest.raises(InputError, match=r"is 3D \(shape \[16, 16, 16\]\) but task.spatial_dims"):
+        train(parse_recipe(text), task_catalogue, tmp_path / "run")
