@@ -16,6 +16,7 @@ from medarena.lab.explain import (
     default_target_layer,
     grad_cam,
     occlusion_map,
+    occlusion_maps,
     probability_maps,
     resize_map,
 )
@@ -126,6 +127,11 @@ def test_occlusion_mass_is_in_the_evidence_quadrant() -> None:
     occ = occlusion_map(predict, x, 1, activation="softmax", n_batch=8)
     assert occ.shape == (SIDE, SIDE) and occ.max() == pytest.approx(1.0)
     assert _quadrant_share(occ) > 0.85
+    # several outputs from one set of passes: the same maps as one call per output
+    both = occlusion_maps(predict, x, [1, 0], activation="softmax", n_batch=8)
+    np.testing.assert_allclose(both[0], occ, atol=1e-6)
+    single0 = occlusion_map(predict, x, 0, activation="softmax", n_batch=8)
+    np.testing.assert_allclose(both[1], single0, atol=1e-6)
 
 
 def test_probability_maps_agree_with_the_argmax() -> None:

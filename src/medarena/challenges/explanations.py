@@ -173,7 +173,7 @@ def explain_case(
     import torch
 
     from medarena.challenges.models import _preprocess
-    from medarena.lab.explain import grad_cam, occlusion_map, probability_maps
+    from medarena.lab.explain import grad_cam, occlusion_maps, probability_maps
 
     x = _preprocess(image, affine, manifest)[None]
     names = list(manifest.outputs.names)
@@ -200,8 +200,9 @@ def explain_case(
             out_maps.append(grad_cam(network, xt, class_index=t)[0])
         method = "gradcam"
     else:
-        for t in targets:  # one occluded copy at a time: the graph's batch axis may be fixed
-            out_maps.append(occlusion_map(predict, x, t, activation=manifest.outputs.activation))
+        # every target from one set of passes, one occluded copy at a time (the graph's
+        # batch axis may be fixed)
+        out_maps.extend(occlusion_maps(predict, x, targets, activation=manifest.outputs.activation))
         method = "occlusion"
     maps = _back_to_case_grid(
         np.stack(out_maps), tuple(image.shape[1:]), affine, manifest.inputs.orientation

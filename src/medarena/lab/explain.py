@@ -164,6 +164,22 @@ def occlusion_map(
     mode, half overlap); a voxel's importance is how much the (activated) output of the
     class drops when the patches over it are blurred.
     """
+    return occlusion_maps(
+        predict, x, [class_index], activation=activation, fraction=fraction, n_batch=n_batch
+    )[0]
+
+
+def occlusion_maps(
+    predict: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    class_indices: Sequence[int],
+    *,
+    activation: Literal["none", "softmax", "sigmoid"] = "none",
+    fraction: float = 0.25,
+    n_batch: int = 1,
+) -> np.ndarray:
+    """:func:`occlusion_map` of several outputs from one set of occluded forward passes
+    (n, *spatial): a multilabel model costs no more passes than a classifier."""
     import torch
     from monai.visualize import OcclusionSensitivity
 
@@ -193,9 +209,8 @@ def occlusion_map(
             base = torch.sigmoid(base)
         occ_map, _ = occ(t)
     # MONAI's map is (batch, classes, *spatial): the output with the region around blurred
-    occluded = occ_map[0, class_index].numpy()
-    drop = base.reshape(1, -1)[0, class_index].item() - occluded
-    return _normalise(drop)
+    flat = base.reshape(1, -1)[0]
+    return np.stack([_normalise(flat[i].item() - occ_map[0, i].numpy()) for i in class_indices])
 
 
 def _softmax(t: Any) -> Any:
