@@ -47,8 +47,11 @@ def write_dataset(root: Path, ndim: int, size: int, n: int = 8) -> None:
         w.writerows(rows)
 
 
-def write_detection_dataset(root: Path, size: int = 16, n: int = 8) -> list[dict[str, object]]:
-    """3D detection: 1-2 bright balls (findings) per case on noise, anisotropic voxels.
+def write_detection_dataset(
+    root: Path, size: int = 16, n: int = 8, ndim: int = 3
+) -> list[dict[str, object]]:
+    """Detection: 1-2 bright balls (3D) or disks (2D: z = 0) per case on noise, anisotropic
+    voxels (1 x 1 x 1.5 mm; 2D 1 x 1.5 mm).
 
     Writes ``images/``, ``labels/`` (the balls, for ingest), ``labels.csv`` and, in the
     sibling folder ``<root>-findings``, the findings as LUNA16-style ``annotations.csv`` /
@@ -56,36 +59,37 @@ def write_detection_dataset(root: Path, size: int = 16, n: int = 8) -> list[dict
     also has a faint excluded finding. Returns the rows.
     """
     rng = np.random.default_rng(7)
-    spacing = (1.0, 1.0, 1.5)
+    spacing = (1.0, 1.0, 1.5) if ndim == 3 else (1.0, 1.5)
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
-    grid = np.indices((size,) * 3).astype(float)
-    sp = np.asarray(spacing).reshape(3, 1, 1, 1)
+    grid = np.indices((size,) * ndim).astype(float)
+    column = (ndim,) + (1,) * ndim
+    sp = np.asarray(spacing).reshape(column)
     rows: list[dict[str, object]] = []
     excluded: list[dict[str, object]] = []
     cases = []
     for i in range(n):
         key = f"case{i:02d}"
-        image = rng.normal(0, 0.2, (size,) * 3)
-        mask = np.zeros((size,) * 3, np.uint8)
+        image = rng.normal(0, 0.2, (size,) * ndim)
+        mask = np.zeros((size,) * ndim, np.uint8)
         img = Image(image.astype(np.float32), spacing)
         affine = img.nifti_affine()
         balls = []
         for _ in range(1 + i % 2):
             for _try in range(50):
-                centre = rng.uniform(4, size - 4, 3)
+                centre = rng.uniform(4, size - 4, ndim)
                 if all(np.linalg.norm((centre - c) * spacing) > 8 for c, _ in balls):
                     break
             balls.append((centre, float(rng.uniform(2.5, 3.5))))
         if i == 3:
-            balls.append((np.array([3.0, 3.0, 3.0]), -1.0))  # excluded: radius 2 mm, faint
+            balls.append((np.full(ndim, 3.0), -1.0))  # excluded: radius 2 mm, faint
         for centre, radius in balls:
             r = abs(radius) if radius > 0 else 2.0
-            dist = np.sqrt((((grid - centre.reshape(3, 1, 1, 1)) * sp) ** 2).sum(0))
+            dist = np.sqrt((((grid - centre.reshape(column)) * sp) ** 2).sum(0))
             inside = dist <= r
             image[inside] += 2.0 if radius > 0 else 0.5
             mask[inside] = 1 if radius > 0 else 2
-            world = affine @ np.array([*centre, 1.0])
+            world = affine @ np.array([*centre, *([0.0] * (3 - ndim)), 1.0])
             row = {
                 "case_id": key,
                 "x": round(float(world[0]), 3),

@@ -159,3 +159,23 @@ DET3D_SEG = (
     .replace("detection: {sigma_scale: 0.5,", "detection: {mode: segmentation,")
     .replace("loss: {block: weighted_mse}", "loss: {block: dice_ce}")
 )
+
+DET2D = """\
+name: disks-detector
+dataset: {name: nodules2d, split: default}
+task:
+  type: detection
+  spatial_dims: 2
+  detection: {threshold: 0.05, min_distance_mm: 4.0, max_candidates: 10}
+preprocess:
+  - block: spacing
+    params: {pixdim: [1.0, 1.0]}
+  - block: zscore
+  - block: rand_crop_by_label
+network:
+  block: unet
+  params: {channels: [4, 8, 16], strides: [2, 2], num_res_units: 1}
+loss: {block: mse}
+optimizer: {block: adam, params: {lr: 0.01}}
+trainer: {epochs: 2, batch_size: 2, patch_size: [16, 16], seed: 5}
+"""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from labdata import write_denoising_dataset, write_detection_dataset
-from recipes import DET3D, DET3D_SEG, i2i2d
+from recipes import DET2D, DET3D, DET3D_SEG, i2i2d
 
 from medarena.datasets.catalogue import Catalogue, make_split
 from medarena.datasets.findings import attach_findings
@@ -33,7 +33,7 @@ SPLIT = SplitSpec(subsets=("train", "validation"), ratios=(0.75, 0.25), group_by
 
 @pytest.fixture(scope="module")
 def task_catalogue(lab_catalogue: Catalogue, lab_data_dir: Path) -> Iterator[Catalogue]:
-    """lab_catalogue plus ``nodules3d`` (with findings) and ``denoise2d``."""
+    """lab_catalogue plus ``nodules3d``, ``nodules2d`` (with findings) and ``denoise2d``."""
     src = lab_data_dir.parent / "src-nodules3d"
     write_detection_dataset(src)
     assert ingest(lab_catalogue, src, "nodules3d").cases_added == 8
@@ -46,6 +46,17 @@ def task_catalogue(lab_catalogue: Catalogue, lab_data_dir: Path) -> Iterator[Cat
     )
     assert (summary.cases, summary.nodules, summary.excluded) == (8, 12, 1)
     make_split(lab_catalogue, "nodules3d", SPLIT)
+    src = lab_data_dir.parent / "src-nodules2d"
+    write_detection_dataset(src, size=24, ndim=2)
+    assert ingest(lab_catalogue, src, "nodules2d").cases_added == 8
+    found = src.with_name("src-nodules2d-findings")
+    attach_findings(
+        lab_catalogue,
+        "nodules2d",
+        found / "annotations.csv",
+        found / "annotations_excluded.csv",
+    )
+    make_split(lab_catalogue, "nodules2d", SPLIT)
     src = lab_data_dir.parent / "src-denoise2d"
     write_denoising_dataset(src)
     assert ingest(lab_catalogue, src, "denoise2d").cases_added == 8
@@ -177,3 +188,24 @@ def test_missing_findings_or_wrong_dimensions_are_named(
     text = i2i2d(1).replace("name: denoise2d", "name: balls3d")
     with pytest.raises(InputError, match=r"is 3D \(shape \[16, 16, 16\]\) but task.spatial_dims"):
         train(parse_recipe(text), task_catalogue, tmp_path / "run")
+
+
+def test_detection_2d_trains_and_its_targets_give_back_the_findings(
+    task_catalogue: Catalogue, tmp_path: Path
+) -> None:
+    # 2D: findings have z = 0, candidates too; 1 x 1.5 mm pixels resampled to 1 mm
+    recipe = parse_recipe(DET2D)
+    result = train(recipe, task_catalogue, tmp_path / "run", register=False)
+    assert result.steps_done == 6 and 0.0 <= result.metrics["cpm"] <= 1.0
+    assert result.export is not None and result.export["output_shape"] == ["batch", 1, 16, 16]
+    assert result.export["parity_ok"]
+    run = _Run(recipe, task_catalogue, tmp_path / "x")
+    cands, refs = [], []
+    for key, case in zip(run.val_keys, run.val_cases, strict=True):
+        affine = case["image"].affine.numpy()
+        found = heatmap_candidates(case["label"][0].numpy(), affine, threshold=0.5)
+        assert all(c["z"] == 0.0 for c in found)
+        cands += [{"scan_id": key, **c} for c in found]
+        refs += [{"scan_id": key, **f} for f in run.val_findings[key]["nodules"]]
+    froc = luna16_cpm(cands, refs, scan_ids=run.val_keys, bootstrap=0)
+    assert froc.cpm == 1.0 and froc.n_false_positives == 0
