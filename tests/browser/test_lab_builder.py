@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from browser.conftest import ORGANIZER_EMAIL
@@ -34,6 +35,7 @@ def _yaml(page: Page) -> Any:
     return expect(page.locator("#yaml-lines"))
 
 
+@pytest.mark.browser
 def test_build_validate_and_launch_a_recipe(new_page: Any, artifacts: Path) -> None:
     page = new_page()
     _open_builder(page)
@@ -122,9 +124,25 @@ def test_build_validate_and_launch_a_recipe(new_page: Any, artifacts: Path) -> N
     expect(page.get_by_role("heading", level=1)).to_contain_text("builder-unet")
 
 
-def test_builder_fits_a_phone(new_page: Any, artifacts: Path) -> None:
+def _tab_to(page: Page, selector: str, limit: int = 150) -> int:
+    """Press Tab until ``selector`` has the focus; returns the presses."""
+    target = page.locator(selector)
+    for presses in range(1, limit + 1):
+        page.keyboard.press("Tab")
+        if target.evaluate("(el) => el === document.activeElement"):
+            return presses
+    raise AssertionError(f"{selector} not reached by {limit} presses of Tab")
+
+
+@pytest.mark.browser
+def test_builder_fits_a_phone_and_works_by_keyboard(new_page: Any, artifacts: Path) -> None:
     page = new_page(390, 844)
     _open_builder(page)
+    # from the top, Tab passes every form control and reaches Validate; Enter validates
+    page.locator("body").focus()
+    _tab_to(page, "#validate")
+    page.keyboard.press("Enter")
+    expect(page.locator("#outcome")).to_contain_text("Valid")
     page.get_by_label("Preprocessing block to add").select_option("spacing")
     page.get_by_role("button", name="Add a preprocessing block").click()
     page.get_by_label("pixdim").fill("1, 1, 2")
