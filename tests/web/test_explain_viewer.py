@@ -290,3 +290,17 @@ def test_hidden_cases_and_other_teams_get_404(world: World) -> None:
     assert c.get(f"/submissions/{world.hidden}/cases/c4", headers=world.org).status_code == 200
     anon = c.get(public, follow_redirects=False)
     assert anon.status_code in (401, 303, 307) and not anon.content.startswith(b"\x89PNG")
+
+
+def test_colour_photographs_render_in_colour(tmp_path: Path) -> None:
+    """A 2-D RGB image (fundus), stored as ingest stores it: x, y, one slice, 3 channels."""
+    from medarena.challenges.viewer import image_slice_png
+
+    rgb = np.zeros((4, 3, 1, 3), np.uint8)
+    rgb[..., 0] = 200  # red everywhere
+    rgb[0, 0, 0] = (0, 0, 255)  # voxel x 0, y 0: blue (bottom left once upright)
+    path = tmp_path / "photo.nii"
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(path))
+    img = np.asarray(Image.open(io.BytesIO(image_slice_png(path, 2, 0))))
+    assert img.ndim == 3 and img.shape[2] == 3 and img.shape[:2] == (3 * 64, 4 * 64)
+    assert tuple(img[-1, 0]) == (0, 0, 255) and tuple(img[0, -1]) == (200, 0, 0)

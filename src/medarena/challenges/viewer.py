@@ -321,8 +321,41 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _colour_slice_png(img: Any, axis: int, index: int) -> bytes:
+    """An RGB PNG of one slice of a 4-D (x, y, z, channel) image: a colour photograph
+    (fundus) stored as ingest stores 2-D RGB images, one slice with 3 channels. Other
+    channel counts are shown as the channels' mean, in grey levels."""
+    shape = tuple(int(n) for n in img.shape)
+    check_slice(shape[:3], axis, index)
+    where: list[int | slice] = [slice(None)] * 3
+    where[axis] = index
+    plane = np.asarray(img.dataobj[tuple(where)], dtype=np.float64)  # (a, b, channels)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    sx, sy = (z for i, z in enumerate(zooms) if i != axis)
+    if img.get_data_dtype() == np.uint8:
+        lo, hi = 0.0, 255.0
+    else:
+        finite = np.asarray(img.dataobj, dtype=np.float64)
+        finite = finite[np.isfinite(finite)]
+        lo, hi = (float(v) for v in np.percentile(finite, [1, 99])) if finite.size else (0, 1)
+        hi = hi if hi > lo else lo + 1.0
+    plane = np.nan_to_num(plane, nan=lo, posinf=hi, neginf=lo)
+    scaled = np.clip((plane - lo) / (hi - lo) * 255.0, 0, 255)
+    if scaled.shape[-1] != 3:
+        grey = _upright(scaled.mean(axis=-1), (sx, sy)).astype(np.uint8)
+        return _png(grey)
+    rgb = np.stack([_upright(scaled[..., c], (sx, sy)) for c in range(3)], axis=-1)
+    return _png(rgb.astype(np.uint8))
+
+
 def image_slice_png(path: Path, axis: int, index: int) -> bytes:
-    """A grey-level PNG of one slice of the image at ``path``."""
+    """A grey-level PNG of one slice of the image at ``path`` (RGB for colour images)."""
+    try:
+        img = nib.nifti1.load(path)
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        raise InputError(f"cannot read the NIfTI file ({exc})", path=path.name) from None
+    if len(img.shape) == 4:
+        return _colour_slice_png(img, axis, index)
     plane, spacing = read_slice(path, axis, index)
     lo, hi = _window(str(path))
     plane = _upright(np.asarray(plane, dtype=np.float64), spacing)
