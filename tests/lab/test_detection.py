@@ -151,3 +151,33 @@ def test_peaks_are_refined_below_the_voxel_size() -> None:
     [c] = heatmap_candidates(blob, AFFINE, threshold=0.5)
     got = np.array([c["x"], c["y"], c["z"]])
     assert np.abs(got - [17.1, 31.4, 45.3]).max() < 1e-3
+
+
+def test_targets_on_a_rotated_grid_equal_the_formula_on_every_voxel() -> None:
+    # only a box around each finding is computed: on an oblique grid (rotated 30 degrees,
+    # 1 x 2 x 3 mm voxels) the box must still hold every voxel within reach
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([1.0, 2.0, 3.0])
+    affine[:3, 3] = [-5.0, 3.0, 7.0]
+    findings = [
+        {"x": 4.0, "y": 12.0, "z": 20.0, "diameter_mm": 9.0},
+        {"x": -1.0, "y": 30.0, "z": 40.0, "diameter_mm": 4.0},  # partly outside the grid
+    ]
+    shape = (20, 14, 12)
+    idx = np.indices(shape).reshape(3, -1).T.astype(float)
+    world = idx @ affine[:3, :3].T + affine[:3, 3]
+    want_heat = np.zeros(len(idx))
+    want_mask = np.zeros(len(idx), dtype=bool)
+    for f in findings:
+        sigma = max(0.5 * f["diameter_mm"] / 2, 3.0)  # largest voxel: 3 mm
+        d2 = ((world - [f["x"], f["y"], f["z"]]) ** 2).sum(axis=1)
+        blob = np.where(d2 > (3 * sigma) ** 2, 0.0, np.exp(-d2 / (2 * sigma**2)))
+        want_heat = np.maximum(want_heat, blob)
+        want_mask |= d2 <= (f["diameter_mm"] / 2) ** 2
+    heat = gaussian_heatmap(shape, affine, findings)
+    assert np.abs(heat.reshape(-1) - want_heat).max() < 1e-6
+    assert (want_heat > 0).sum() > 100
+    mask = sphere_mask(shape, affine, findings).reshape(-1).astype(bool)
+    assert np.array_equal(mask | want_mask, mask)  # every voxel within a radius is marked
+    assert (mask & ~want_mask).sum() <= 2  # plus at most the voxel holding each centre

@@ -68,12 +68,39 @@ def voxel_sizes(affine: ArrayLike, ndim: int) -> NDArray[np.float64]:
     return np.asarray(np.linalg.norm(a[:ndim, :ndim], axis=0))
 
 
-def _world_grid(shape: Sequence[int], a: NDArray[np.float64]) -> NDArray[np.float64]:
-    """World mm of every voxel centre, shape (*shape, ndim)."""
+def _box_d2(
+    shape: Sequence[int], a: NDArray[np.float64], centre: NDArray[np.float64], radius: float
+) -> tuple[tuple[slice, ...], NDArray[np.float64]] | None:
+    """The voxel box that can lie within ``radius`` mm of ``centre`` and the squared world
+    distance (mm^2) of each of its voxel centres; None when the box misses the grid.
+
+    Only the box is computed, so a finding costs its neighbourhood, not the whole volume.
+    """
     nd = len(shape)
-    idx = np.indices(tuple(shape), dtype=np.float64).reshape(nd, -1)
-    world = a[:nd, :nd] @ idx + a[:nd, nd : nd + 1]
-    return np.asarray(world.T.reshape(*shape, nd))
+    inverse = np.linalg.inv(a)
+    voxel = inverse[:nd, :nd] @ centre + inverse[:nd, nd]
+    # along axis k, world distance r moves the voxel index by at most r * |row k of inverse|
+    half = radius * np.linalg.norm(inverse[:nd, :nd], axis=1)
+    lo = np.maximum(np.floor(voxel - half).astype(int), 0)
+    hi = np.minimum(np.ceil(voxel + half).astype(int) + 1, np.asarray(shape))
+    if np.any(hi <= lo):
+        return None
+    box = tuple(slice(int(x), int(y)) for x, y in zip(lo, hi, strict=True))
+    idx = np.stack(
+        np.meshgrid(*(np.arange(x, y) for x, y in zip(lo, hi, strict=True)), indexing="ij"), axis=-1
+    ).astype(np.float64)
+    world = idx @ a[:nd, :nd].T + a[:nd, nd]
+    return box, np.asarray(((world - centre) ** 2).sum(axis=-1))
+
+
+def _diameter(f: Mapping[str, Any]) -> float:
+    try:
+        diameter = float(f.get("diameter_mm", math.nan))
+    except (TypeError, ValueError):
+        diameter = math.nan
+    if not (math.isfinite(diameter) and diameter >= 0):
+        raise InputError("finding diameter_mm must be a number >= 0", value=dict(f))
+    return diameter
 
 
 def _point(f: Mapping[str, Any], ndim: int, what: str) -> NDArray[np.float64]:
@@ -105,22 +132,19 @@ def gaussian_heatmap(
     if not sigma_scale > 0:
         raise InputError("sigma_scale must be positive", value=sigma_scale)
     a = _affine(affine, nd)
-    out = np.zeros(tuple(shape), dtype=np.float64)
-    if not findings:
-        return out.astype(np.float32)
-    world = _world_grid(shape, a)
+    out = np.zeros(tuple(shape), dtype=np.float32)
     min_sigma = float(voxel_sizes(a, nd).max())
     for f in findings:
         centre = _point(f, nd, "finding")
-        diameter = float(f.get("diameter_mm", math.nan))
-        if not (math.isfinite(diameter) and diameter >= 0):
-            raise InputError("finding diameter_mm must be a number >= 0", value=dict(f))
-        sigma = max(sigma_scale * diameter / 2.0, min_sigma)
-        d2 = ((world - centre) ** 2).sum(axis=-1)
+        sigma = max(sigma_scale * _diameter(f) / 2.0, min_sigma)
+        near = _box_d2(shape, a, centre, TRUNCATE_SIGMAS * sigma)
+        if near is None:
+            continue
+        box, d2 = near
         blob = np.exp(-d2 / (2.0 * sigma**2))
         blob[d2 > (TRUNCATE_SIGMAS * sigma) ** 2] = 0.0
-        np.maximum(out, blob, out=out)
-    return out.astype(np.float32)
+        out[box] = np.maximum(out[box], blob.astype(np.float32))
+    return out
 
 
 def heatmap_candidates(
@@ -234,16 +258,14 @@ def sphere_mask(
         raise InputError("a label map has 2 or 3 spatial axes", value=list(shape))
     a = _affine(affine, nd)
     out = np.zeros(tuple(shape), dtype=np.uint8)
-    if not findings:
-        return out
-    world = _world_grid(shape, a)
     inverse = np.linalg.inv(a)
     for f in findings:
         centre = _point(f, nd, "finding")
-        diameter = float(f.get("diameter_mm", math.nan))
-        if not (math.isfinite(diameter) and diameter >= 0):
-            raise InputError("finding diameter_mm must be a number >= 0", value=dict(f))
-        out[((world - centre) ** 2).sum(axis=-1) <= (diameter / 2.0) ** 2] = 1
+        radius = _diameter(f) / 2.0
+        near = _box_d2(shape, a, centre, radius)
+        if near is not None:
+            box, d2 = near
+            out[box][d2 <= radius**2] = 1
         voxel = np.rint(inverse[:nd, :nd] @ centre + inverse[:nd, nd]).astype(int)
         if np.all(voxel >= 0) and np.all(voxel < np.asarray(shape)):
             out[tuple(voxel)] = 1
