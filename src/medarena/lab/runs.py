@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +100,12 @@ def _data_problems(session: Session, recipe: Recipe) -> list[tuple[tuple[str, ..
         ]
     problems: list[tuple[tuple[str, ...], str]] = []
     hidden = set(split.hidden_subsets or ())
-    for field in ("train", "validation"):
-        subset = getattr(ds, field)
+    for which in ("train", "validation"):
+        subset = getattr(ds, which)
         if subset in hidden:
             problems.append(
                 (
-                    ("dataset", field),
+                    ("dataset", which),
                     f"subset {subset!r} of split {ds.split!r} is hidden (held-out test "
                     "cases): the lab never trains or validates on hidden data; use a "
                     "public subset",
@@ -222,24 +225,76 @@ def cancel_run(session: Session, user: User, run_id: int) -> LabRun:
     return run
 
 
+def append_points(path: Path, points: list[dict[str, Any]]) -> None:
+    """Append curve points to ``path``, one JSON object a line.
+
+    A line torn by a worker killed mid-write is closed first, so the next attempt's
+    points never run into it.
+    """
+    if not points:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as fh:
+        if fh.tell() > 0:
+            with path.open("rb") as tail:
+                tail.seek(-1, 2)
+                torn = tail.read(1) != b"\n"
+            if torn:
+                fh.write(b"\n")
+        fh.write("".join(json.dumps(p) + "\n" for p in points).encode())
+
+
+@dataclass
+class _Parsed:
+    offset: int = 0  # bytes of the file read so far (complete lines only)
+    loss: dict[int, float] = field(default_factory=dict)
+    metric: dict[int, float] = field(default_factory=dict)
+
+
+# Parsed points files by path: a poll reads only the lines appended since the last one.
+_PARSED: OrderedDict[str, _Parsed] = OrderedDict()
+_PARSED_LOCK = threading.Lock()
+_PARSED_MAX = 64
+
+
+def _parse_new_lines(path: Path) -> tuple[dict[int, float], dict[int, float]]:
+    key = str(path)
+    with _PARSED_LOCK:
+        entry = _PARSED.pop(key, None) or _Parsed()
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size < entry.offset:  # the file was replaced: read it again
+            entry = _Parsed()
+        if size > entry.offset:
+            with path.open("rb") as fh:
+                fh.seek(entry.offset)
+                data = fh.read(size - entry.offset)
+            complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits
+            entry.offset += len(complete)
+            for line in complete.splitlines():
+                try:
+                    p = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a kill mid-write
+                if "metric" in p and p["metric"] is not None:
+                    entry.metric[int(p["epoch"])] = float(p["metric"])
+                elif "loss" in p:
+                    entry.loss[int(p["step"])] = float(p["loss"])
+        _PARSED[key] = entry
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+        return dict(entry.loss), dict(entry.metric)
+
+
 def read_points(out_dir: str | Path) -> dict[str, Any]:
     """The run's curve points: loss per global step, validation metric per epoch.
 
-    A step trained twice (a resumed run) is kept once, the later report winning.
+    A step trained twice (a resumed run) is kept once, the later report winning. Only
+    the lines appended since the previous call are parsed (up to 64 runs are remembered).
     """
-    path = Path(out_dir) / POINTS_FILE
-    loss: dict[int, float] = {}
-    metric: dict[int, float] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                p = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill mid-write
-            if "metric" in p and p["metric"] is not None:
-                metric[int(p["epoch"])] = float(p["metric"])
-            elif "loss" in p:
-                loss[int(p["step"])] = float(p["loss"])
+    loss, metric = _parse_new_lines(Path(out_dir) / POINTS_FILE)
     loss_points = sorted(loss.items())
     if len(loss_points) > MAX_LOSS_POINTS:
         stride = -(-len(loss_points) // MAX_LOSS_POINTS)
@@ -320,11 +375,8 @@ class _Recorder:
             self.flush()
 
     def write_points(self) -> None:
-        if self.buffer:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as fh:
-                fh.write("".join(json.dumps(b) + "\n" for b in self.buffer))
-            self.buffer = []
+        append_points(self.path, self.buffer)
+        self.buffer = []
 
     def flush(self) -> None:
         self.last_flush = time.monotonic()
