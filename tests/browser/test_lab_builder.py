@@ -114,6 +114,19 @@ def test_build_validate_and_launch_a_recipe(new_page: Any, artifacts: Path) -> N
     expect(page.get_by_label("Recipe YAML (editable)")).to_be_hidden()
     _yaml(page).to_contain_text("block: unet")
     _yaml(page).not_to_contain_text("unett")
+
+    # by hand again, a valid change is loaded into the forms
+    page.get_by_role("button", name="Edit the YAML by hand").click()
+    area.fill(area.input_value().replace("channels: [4, 8]", "channels: [4, 16]"))
+    page.get_by_role("button", name="Validate").click()
+    expect(page.locator("#outcome")).to_contain_text("Valid")
+    page.get_by_role("button", name="Load into the form").click()
+    expect(page.get_by_label("Recipe YAML (editable)")).to_be_hidden()
+    expect(page.get_by_label("channels", exact=True)).to_have_value("4, 16")
+    expect(page.get_by_label("channels", exact=True)).to_be_enabled()
+    expect(page.get_by_label("dropout", exact=True)).to_have_value("0.1")
+    _yaml(page).to_contain_text("channels: [4, 16]")
+    _yaml(page).not_to_contain_text("num_res_units")  # defaults are not written
     page.get_by_role("button", name="Validate").click()
     expect(page.locator("#outcome")).to_contain_text("Valid")
     assert page.evaluate(UNLABELLED_JS) == []

@@ -210,6 +210,7 @@ def test_validate_names_the_line_value_and_nearest_name(
     assert good["ok"] is True and good["problems"] == []
     normalised = yaml.safe_load(str(good["recipe"]))
     assert normalised["network"]["params"]["num_res_units"] == 2  # defaults written out
+    assert good["data"] == normalised  # the same, as data for the builder's forms
     assert normalised["optimizer"] == {
         "block": "adam",
         "params": {"lr": 0.001, "weight_decay": 0.0},
@@ -217,7 +218,7 @@ def test_validate_names_the_line_value_and_nearest_name(
 
     text = _recipe(**{"block: unet": "block: unett"})
     body = _validate(c, auth, text)
-    assert body["ok"] is False and body["recipe"] is None
+    assert body["ok"] is False and body["recipe"] is None and body["data"] is None
     (p,) = body["problems"]  # type: ignore[misc]
     assert p["line"] == _line_of(text, "block: unett")
     assert (p["field"], p["value"], p["suggestion"]) == ("network.block", "unett", "unet")

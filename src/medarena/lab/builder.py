@@ -336,6 +336,7 @@ class CheckResult:
     ok: bool
     problems: list[Problem] = field(default_factory=list)
     recipe: str | None = None  # the normalised YAML (every default written out) when ok
+    data: dict[str, Any] | None = None  # the same as data, for a form to load
 
 
 def _loc(field_name: str) -> tuple[int | str, ...]:
@@ -461,15 +462,16 @@ def check_recipe(text: str, cat: Catalogue | None = None) -> CheckResult:
             problems.append(Problem(p.line, p.field, _value_at(data, loc), message, guess))
         if problems:
             return CheckResult(False, problems)
-    return CheckResult(True, [], normalised_yaml(recipe))
+    data = normalised(recipe)
+    return CheckResult(True, [], yaml.safe_dump(data, sort_keys=False), data)
 
 
-def normalised_yaml(recipe: Recipe) -> str:
-    """The recipe with every default written out, block parameters included."""
+def normalised(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as data with every default written out, block parameters included."""
     data = recipe.model_dump(mode="json")
     for loc, _kind, ref in recipe.refs():
         target: Any = data
         for part in loc:
             target = target[part]
         target["params"] = recipe.params_of(ref).model_dump(mode="json")
-    return yaml.safe_dump(data, sort_keys=False)
+    return data

@@ -5,7 +5,8 @@
 - ``GET /api/v1/lab/datasets``: datasets, splits, trainable subsets (never a hidden one)
   and the case labels usable as targets.
 - ``POST /api/v1/lab/recipes/validate``: ``{"recipe": yaml}`` -> ``{"ok", "problems",
-  "recipe"}``; each problem has its YAML line, field, value, message and suggestion.
+  "recipe", "data"}``; each problem has its YAML line, field, value, message and
+  suggestion; a valid recipe comes back normalised, as YAML and as data.
 
 All need a login. The page assembles a recipe in the browser (static/lab_builder.js),
 validates it here and launches it with ``POST /api/v1/lab/runs`` (routes.lab_runs).
@@ -59,6 +60,7 @@ def api_validate(body: RecipeIn, user: CurrentUser, cat: CatalogueDep) -> dict[s
         "ok": result.ok,
         "problems": [asdict(p) for p in result.problems],
         "recipe": result.recipe,
+        "data": result.data,
     }
 
 

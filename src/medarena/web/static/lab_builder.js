@@ -23,6 +23,7 @@
   let lastProblems = [];  // problems of the YAML currently shown
   const state = {
     name: "my-recipe",
+    description: "",
     dataset: { name: "", split: "", train: "", validation: "", target: "", targets: [] },
     task: {}, trainer: {}, export: {},
     blocks: {},            // kind -> [{block, params}] (list kinds) or {block, params}
@@ -441,7 +442,9 @@
     const dataset = { name: d.name, split: d.split, train: d.train, validation: d.validation };
     if ((type === "classification" || type === "regression") && d.target) dataset.target = d.target;
     if (type === "multilabel") dataset.targets = d.targets;
-    const out = { name: state.name, dataset, task: changed(catalogue.settings.task, state.task, ["type", "spatial_dims"]) };
+    const out = { name: state.name };
+    if (state.description) out.description = state.description;
+    Object.assign(out, { dataset, task: changed(catalogue.settings.task, state.task, ["type", "spatial_dims"]) });
     for (const kind of catalogue.kinds) {
       const value = state.blocks[kind];
       if (Array.isArray(value)) { if (value.length) out[kind] = value.map(blockRef); }
@@ -563,7 +566,15 @@
     try {
       const { status, body } = await post("/api/v1/lab/recipes/validate", { recipe: yamlText() });
       if (status !== 200) showOutcome("error", `Could not validate: ${detailText(body, status)}`);
-      else if (body.ok) showOutcome("notice", "Valid: the recipe can be launched.");
+      else if (body.ok) {
+        showOutcome("notice", "Valid: the recipe can be launched.");
+        if (byHand && body.data) {
+          $("outcome").append(el("button", {
+            type: "button", class: "secondary", text: "Load into the form",
+            onclick: () => loadRecipe(body.data),
+          }));
+        }
+      }
       else showOutcome("error", `${body.problems.length} problem(s) in the recipe:`, body.problems);
       return status === 200 && body.ok;
     } catch (e) {
@@ -598,6 +609,44 @@
     document.body.append(a);
     a.click();
     a.remove();
+  }
+
+  function renderForms() {
+    $("recipe-name").value = state.name;
+    $("recipe-description").value = state.description;
+    renderData();
+    renderTask();
+    fitPatch();
+    renderFields($("trainer-fields"), catalogue.settings.trainer, state.trainer, "trainer", update);
+    renderFields($("export-fields"), catalogue.settings.export, state.export, "export", update);
+    renderKinds();
+  }
+
+  // A valid recipe (the server's normalised data) into the forms, e.g. one pasted by hand.
+  function loadRecipe(data) {
+    const withDefaults = (fields, values) => Object.assign(defaultsOf(fields), clone(values || {}));
+    const ref = (r) => {
+      const spec = blocksByName[r.block];
+      return { block: r.block, params: spec ? withDefaults(spec.params, r.params) : clone(r.params || {}) };
+    };
+    const d = data.dataset;
+    state.name = data.name;
+    state.description = data.description || "";
+    state.dataset = {
+      name: d.name, split: d.split, train: d.train, validation: d.validation,
+      target: d.target || "", targets: d.targets || [],
+    };
+    state.task = withDefaults(catalogue.settings.task, data.task);
+    for (const kind of catalogue.kinds) {
+      const v = data[kind];
+      state.blocks[kind] = Array.isArray(v) ? v.map(ref) : v ? ref(v) : null;
+    }
+    state.trainer = withDefaults(catalogue.settings.trainer, data.trainer);
+    state.export = withDefaults(catalogue.settings.export, data.export);
+    setByHand(false);
+    renderForms();
+    update();
+    $("recipe-name").focus();
   }
 
   // ------------------------------------------------------------------ start
@@ -639,12 +688,9 @@
     $("edit-yaml").addEventListener("click", () => setByHand(!byHand));
     $("yaml-text").addEventListener("input", update);
 
-    renderData();
-    renderTask();
-    fitPatch();
-    renderFields($("trainer-fields"), catalogue.settings.trainer, state.trainer, "trainer", update);
-    renderFields($("export-fields"), catalogue.settings.export, state.export, "export", update);
-    renderKinds();
+    $("recipe-description").addEventListener("input", (e) => { state.description = e.target.value; update(); });
+
+    renderForms();
     for (const id of ["data-fs", "task-fs", "trainer-fs", "export-fs"]) $(id).hidden = false;
     $("loading").remove();
     update();
