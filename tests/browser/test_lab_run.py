@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from browser.conftest import ORGANIZER_EMAIL
@@ -44,6 +45,7 @@ def _shot(page: Page, artifacts: Path, name: str) -> None:
     page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
 
 
+@pytest.mark.browser
 def test_launch_a_run_and_watch_its_live_chart(new_page: Any, artifacts: Path) -> None:
     page = new_page()
     login(page, ORGANIZER_EMAIL, "Organizer")
