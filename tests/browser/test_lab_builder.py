@@ -7,15 +7,19 @@ The data is the browser server's 'brain' dataset (tiny 3D volumes with label map
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 
-from browser.conftest import ORGANIZER_EMAIL
+from browser.conftest import ORGANIZER_EMAIL, Server
 from browser.helpers import login, page_fits
+from medarena.imaging.image import Image
+from medarena.imaging.nifti import write_nifti
 
 # Every visible form control without a label (same check as test_layout.py).
 UNLABELLED_JS = """() => Array.from(document.querySelectorAll("input, select, textarea"))
@@ -163,3 +167,45 @@ def test_builder_fits_a_phone_and_works_by_keyboard(new_page: Any, artifacts: Pa
     assert page_fits(page)
     assert page.evaluate(UNLABELLED_JS) == []
     page.screenshot(path=str(artifacts / "lab-builder-390.png"), full_page=True)
+
+
+@pytest.mark.browser
+def test_classification_takes_its_classes_from_the_target(
+    new_page: Any, server: Server, tmp_path: Path
+) -> None:
+    """A 2D dataset with a case label: the builder presets 2D from the images, lists only
+    image-level networks, offers the label as the target and counts its classes."""
+    src = tmp_path / "grades"
+    (src / "images").mkdir(parents=True)
+    rows = []
+    for i in range(8):
+        image = Image(np.full((8, 8), float(i), np.float32), (1.0, 1.0))
+        write_nifti(image, src / "images" / f"g{i}.nii.gz")
+        rows.append({"case_id": f"g{i}", "grade": ["low", "mid", "high"][i % 3]})
+    with open(src / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["case_id", "grade"])
+        writer.writeheader()
+        writer.writerows(rows)
+    server.cli("ingest", str(src), "--dataset", "builder-grades")
+    server.cli(
+        "datasets", "split", "builder-grades", "--name", "lab", "--subsets",
+        "train,validation,test", "--ratios", "0.5,0.25,0.25", "--group-by", "none",
+        "--hidden", "test",
+    )  # fmt: skip
+
+    page = new_page()
+    _open_builder(page)
+    page.get_by_label("Dataset").select_option("builder-grades")
+    expect(page.get_by_label("spatial dims")).to_have_value("2")  # from the images
+    page.get_by_label("type", exact=True).select_option("classification")
+    network = page.get_by_label("Network block")
+    expect(network.locator("option", has_text="unet")).to_have_count(0)
+    network.select_option("resnet")
+    target = page.get_by_label("Target (case label to learn)")
+    expect(target).to_be_visible()
+    target.select_option("grade")
+    expect(page.get_by_label("num classes")).to_have_value(re.compile(r"^[23]$"))
+    page.get_by_label("patch size").fill("8, 8")
+    _yaml(page).to_contain_text("target: grade")
+    page.get_by_role("button", name="Validate").click()
+    expect(page.locator("#outcome")).to_contain_text("Valid")
