@@ -18,6 +18,10 @@ from playwright.sync_api import Page, expect
 
 from browser.conftest import ORGANIZER_EMAIL, Server
 from browser.helpers import login, page_fits
+from medarena.config import get_settings
+from medarena.datasets.catalogue import make_split, open_catalogue
+from medarena.datasets.ingest import ingest
+from medarena.datasets.splits import SplitSpec
 from medarena.imaging.image import Image
 from medarena.imaging.nifti import write_nifti
 
@@ -186,12 +190,14 @@ def test_classification_takes_its_classes_from_the_target(
         writer = csv.DictWriter(fh, fieldnames=["case_id", "grade"])
         writer.writeheader()
         writer.writerows(rows)
-    server.cli("ingest", str(src), "--dataset", "builder-grades")
-    server.cli(
-        "datasets", "split", "builder-grades", "--name", "lab", "--subsets",
-        "train,validation,test", "--ratios", "0.5,0.25,0.25", "--group-by", "none",
-        "--hidden", "test",
-    )  # fmt: skip
+    # in this process, not by `medarena` subprocesses: their start-up is most of the time
+    cat = open_catalogue(get_settings(data_dir=server.data_dir), migrate=False)
+    try:
+        assert ingest(cat, src, "builder-grades").cases_added == 8
+        spec = SplitSpec(name="lab", ratios=(0.5, 0.25, 0.25), group_by=None, hidden=("test",))
+        make_split(cat, "builder-grades", spec)
+    finally:
+        cat.close()
 
     page = new_page()
     _open_builder(page)
