@@ -247,6 +247,12 @@ def test_case_page_has_the_layer_its_controls_and_legend(world: World) -> None:
     assert '<label for="show-explanation">' in page and 'id="explanation-opacity"' in page
     assert '<label for="explanation-opacity">' in page
     assert "Probability map" in page and "linear-gradient(to right, rgb(" in page
+    # the case list says which cases have one
+    index = world.client.get(f"/submissions/{world.seg}/viewer", headers=world.ada).text
+    assert 'id="explained"' in index and "stored for 2 of these cases" in index
+    assert index.count("(explained)") == 2
+    listing = world.client.get(f"/submissions/{world.preds}/viewer", headers=world.ada).text
+    assert "(explained)" not in listing and 'id="explained"' not in listing
     # a predictions submission has no explanation: the page says so, the layer is absent
     other = world.client.get(f"/submissions/{world.preds}/cases/c3", headers=world.ada).text
     assert 'id="no-explanation"' in other and 'id="layer-explanation"' not in other

@@ -77,8 +77,19 @@ def viewer_index(
         raise _http(exc) from None
     cases = detail.get("cases")
     svg = viewer.distributions_svg(cases, inline=True) if cases else None
+    index = explanations.explanation_index(db, cat.store, sub) if ctx.case_keys else None
+    explained = set(index.get("cases", {})) & set(ctx.case_keys) if index else set()
     return templates.TemplateResponse(
-        request, "submission_viewer.html", {"d": detail, "ctx": ctx, "svg": svg}
+        request,
+        "submission_viewer.html",
+        {
+            "d": detail,
+            "ctx": ctx,
+            "svg": svg,
+            "explained": explained,
+            "explained_title": explanations.METHOD_TITLES.get(str((index or {}).get("method"))),
+            "explanation_error": bool(index and index.get("error")),
+        },
     )
 
 
