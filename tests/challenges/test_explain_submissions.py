@@ -8,6 +8,7 @@ on the hidden one, both accepting models. Models are tiny torch networks exporte
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import warnings
@@ -134,7 +135,7 @@ def _zscored(cat: Catalogue, subset: str) -> dict[str, np.ndarray]:
 
 
 def _maps(cat: Catalogue, digest: str) -> np.ndarray:
-    img = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(cat.store.get_bytes(digest)))
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(cat.store.get_bytes(digest)))
     assert img.get_data_dtype() == np.uint8  # compact: one byte a voxel
     return np.asarray(img.get_fdata())
 
@@ -190,6 +191,12 @@ def test_segmentation_probability_maps_stored_for_public_cases_only(
             # the map's argmax (p >= 0.5) is the predicted label map (z >= 0.5)
             clear = np.abs(zs - 0.5) > 0.02
             np.testing.assert_array_equal((maps[..., 0] >= 0.5)[clear], (zs >= 0.5)[clear])
+            # the label map the scoring job scored, stored for the viewer's prediction layer
+            assert exp.prediction is not None
+            pred = nib.Nifti1Image.from_bytes(
+                gzip.decompress(catalogue.store.get_bytes(exp.prediction))
+            )
+            np.testing.assert_array_equal(np.asarray(pred.dataobj), (zs >= 0.5).astype(np.uint8))
         # the hidden submission: nothing to find, the viewer refuses its cases anyway
         assert explanation_index(s, catalogue.store, _sub(catalogue, hidden)) is None
         hidden_keys = [c.case_key for c in subset_cases(s, "brain", "challenge", "test")]
@@ -228,6 +235,7 @@ def test_segmentation_probability_maps_stored_for_public_cases_only(
         }
     assert index is not None
     maps_and_index = {e["digest"] for e in index["cases"].values()}
+    maps_and_index |= {e["prediction"] for e in index["cases"].values()}
     maps_and_index.add(jobs[f"{public}:1"].result["index_digest"])
     assert set(catalogue.store.iter_digests()) - before == mine | maps_and_index
 

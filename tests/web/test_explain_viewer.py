@@ -236,6 +236,10 @@ def test_heat_map_of_a_public_case_follows_the_probability(world: World) -> None
     want = np.rint(np.asarray(colormaps[HEAT_CMAP](p)[:3]) * 255).astype(int)
     assert bright[3] == 255 and np.abs(bright[:3].astype(int) - want).max() <= 1
     assert dark[3] <= 3
+    # the model's archive holds no label map: the prediction layer is the one the
+    # explanation job stored (bright voxels are label 1: outlined orange)
+    pred = _png(world.client.get(url.replace("explanation", "prediction"), headers=world.ada))
+    assert pred[..., 3].any() and tuple(pred[pred[..., 3] > 0][0][:3]) == (230, 159, 0)
     # the explanation map of a structure index that does not exist: a clear 400
     r = world.client.get(url + "&map=3", headers=world.ada)
     assert r.status_code == 400 and "map must be between 0 and 0" in r.text

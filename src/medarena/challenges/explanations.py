@@ -34,6 +34,7 @@ that fails is listed with its reason in the index, and the viewer says "no expla
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import logging
@@ -153,6 +154,18 @@ def _back_to_case_grid(
     return np.stack([resize_map(m, shape) for m in maps]).astype(np.float32)
 
 
+def _label_map(out: np.ndarray, m: Any, track: Any) -> np.ndarray:
+    """The label map the scoring job writes from the same outputs (C, *spatial): the
+    argmax to the track's label values, or the threshold of the single channel."""
+    from medarena.challenges.models import label_values
+
+    values = label_values(m, track)
+    lut = np.array([0, *(values[n] for n in m.outputs.names)], dtype=np.uint8)
+    if m.outputs.kind == "threshold":
+        return np.where(out[0] >= m.outputs.threshold, lut[1], 0).astype(np.uint8)
+    return np.asarray(lut[np.argmax(out, axis=0)], dtype=np.uint8)
+
+
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
@@ -185,7 +198,7 @@ def explain_case(
             maps = probability_maps(out[:1], "sigmoid")
         else:
             maps = probability_maps(out[:1], "identity")
-        return Explanation("probability", tuple(names), maps)
+        return Explanation("probability", tuple(names), maps, _label_map(out, manifest, track))
     raw = np.asarray(predict(x)).reshape(-1)
     if track.task == "classification":
         targets = [int(np.argmax(raw))]
@@ -253,6 +266,12 @@ def _load(s: Session, sub_id: int) -> _Loaded | None:
     hidden = subset_info(s, track.dataset, track.split, subset).hidden
     cases = [] if hidden else subset_cases(s, track.dataset, track.split, subset)
     return _Loaded(track.task, hidden, cases, sub.archive_digest, track, phase.model_limits)
+
+
+def _labels_nifti(labels: np.ndarray, affine: np.ndarray) -> bytes:
+    import nibabel as nib
+
+    return gzip.compress(nib.Nifti1Image(labels, affine).to_bytes(), mtime=0)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -323,7 +342,10 @@ def explain_submission(ctx: JobContext) -> dict[str, Any]:
                 image, affine = case_image(store, case, ndim)
                 exp = explain_case(predict, manifest, loaded.track, image, affine, network)
                 digest = store.put_bytes(maps_nifti(exp.maps, affine))
-                index["cases"][case.case_key] = {"digest": digest, "maps": list(exp.names)}
+                entry: dict[str, Any] = {"digest": digest, "maps": list(exp.names)}
+                if exp.labels is not None:  # the public case's prediction, for the viewer
+                    entry["prediction"] = store.put_bytes(_labels_nifti(exp.labels, affine))
+                index["cases"][case.case_key] = entry
                 index["method"] = exp.method
             except Exception as exc:  # one case's failure is recorded, the others go on
                 logger.warning("submission %d: explanation of case %d failed", sub_id, i + 1)
@@ -358,6 +380,7 @@ class CaseExplanation:
     digest: str
     maps: tuple[str, ...]
     method: str
+    prediction: str | None = None  # segmentation models: the predicted label map's digest
 
     @property
     def title(self) -> str:
@@ -400,6 +423,10 @@ def case_explanation(
     entry = index.get("cases", {}).get(case_key)
     if not isinstance(entry, dict):
         return None
+    prediction = entry.get("prediction")
     return CaseExplanation(
-        str(entry["digest"]), tuple(str(m) for m in entry["maps"]), str(index["method"])
+        str(entry["digest"]),
+        tuple(str(m) for m in entry["maps"]),
+        str(index["method"]),
+        prediction if isinstance(prediction, str) else None,
     )

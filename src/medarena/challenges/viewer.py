@@ -440,6 +440,22 @@ def heatmap_slice_png(path: Path, axis: int, index: int, map_index: int = 0) -> 
     return _png(rgba)
 
 
+def _model_prediction(
+    session: Session, store: LocalObjectStore, sub: Submission, case_key: str, cache: Path
+) -> Path:
+    """A model submission's label map of a public case: its archive holds none, the
+    explanation job stores one per public case (computed like the scoring job's)."""
+    from medarena.challenges.explanations import case_explanation
+
+    exp = case_explanation(session, store, sub, case_key)
+    if exp is None or exp.prediction is None:
+        raise NotFoundError(
+            f"submission {sub.id} has no prediction for case {case_key!r} yet (a model's "
+            "predictions of public cases are stored with its explanations)"
+        )
+    return _nifti_copy(store, exp.prediction, cache)
+
+
 def render_layer(
     session: Session,
     store: LocalObjectStore,
@@ -475,9 +491,13 @@ def render_layer(
     if not case.label_maps:
         raise NotFoundError(f"the {layer} of case {case_key!r} is not a label map")
     if layer == "prediction":
-        return label_slice_png(
-            prediction_file(store, sub, case_key, data_dir), axis, index, outline=True
-        )
+        try:
+            path = prediction_file(store, sub, case_key, data_dir)
+        except NotFoundError:
+            if sub.kind != "model":
+                raise
+            path = _model_prediction(session, store, sub, case_key, cache)
+        return label_slice_png(path, axis, index, outline=True)
     if case.label_digest is None:
         raise NotFoundError(f"case {case_key!r} has no reference label map")
     if case.hidden:

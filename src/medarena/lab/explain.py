@@ -53,6 +53,7 @@ class Explanation:
     method: Method
     names: tuple[str, ...]
     maps: np.ndarray  # (n, *spatial), float32
+    labels: np.ndarray | None = None  # segmentation: the predicted label map (uint8)
 
 
 def default_target_layer(model: Any, x: Any) -> str:
