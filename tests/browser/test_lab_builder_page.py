@@ -138,6 +138,7 @@ def test_build_validate_and_launch_a_recipe(new_page: Any, artifacts: Path) -> N
     page.get_by_role("button", name="Validate").click()
     expect(page.locator("#outcome")).to_contain_text("Valid")
     assert page.evaluate(UNLABELLED_JS) == []
+    assert page_fits(page)
     page.screenshot(path=str(artifacts / "lab-builder.png"), full_page=True)
 
     page.get_by_role("button", name="Launch").click()

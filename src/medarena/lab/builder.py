@@ -6,11 +6,12 @@ which turns each block's pydantic parameter model into simple typed field descri
 Task, trainer and export settings come from the recipe's own models the same way, so a
 block, a task type or a trainer setting added to the code appears on the page by itself.
 
-:func:`dataset_choices` lists the datasets with their splits, the subsets a recipe may
-train or validate on (never a hidden one) and the case labels usable as targets, read
-from the non-hidden cases only. :func:`check_recipe` validates recipe YAML like
-``medarena lab validate`` and also against the catalogue (dataset, split, subsets,
-targets), returning every problem with its line, field, value and suggestion.
+:func:`dataset_choices` lists the datasets with their images' spatial dims and channel
+count, their splits, the subsets a recipe may train or validate on (never a hidden one)
+and the case labels usable as targets, read from the non-hidden cases only.
+:func:`check_recipe` validates recipe YAML like ``medarena lab validate`` and also against
+the catalogue (dataset, split, subsets, targets, label maps, dims and channels), returning
+every problem with its line, field, value and suggestion.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -164,8 +165,7 @@ def block_catalogue() -> dict[str, Any]:
 
 
 def _is_list(kind: str) -> bool:
-    annotation = str(Recipe.model_fields[kind].annotation)
-    return annotation.startswith("list")
+    return get_origin(Recipe.model_fields[kind].annotation) is list
 
 
 # ---------------------------------------------------------------------------- datasets
