@@ -95,3 +95,14 @@ def test_truncated_gzip_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unreadable NIfTI") as err:
         read_image(cut)
     assert "cut.nii.gz" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["short.nii", "short_object"])
+def test_file_shorter_than_a_header_names_the_file(tmp_path: Path, name: str) -> None:
+    # nibabel raises its own WrapStructError for a header cut short (not a ValueError)
+    good = write_nifti(Image(np.ones((4, 4, 4), np.float32), (1, 1, 1)), tmp_path / "g.nii")
+    short = tmp_path / name
+    short.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(InputError, match="unreadable NIfTI") as err:
+        read_image(short) if name.endswith(".nii") else read_nifti(short)
+    assert name in str(err.value)

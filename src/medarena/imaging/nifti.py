@@ -18,6 +18,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.fileholders import FileHolder
 from nibabel.spatialimages import HeaderDataError
+from nibabel.wrapstruct import WrapStructError
 
 from medarena.errors import InputError
 from medarena.imaging.image import Image, Kind, from_ras_affine
@@ -51,6 +52,7 @@ def read_nifti(path: Path | str, kind: Kind | None = None) -> Image:
     except (
         ImageFileError,
         HeaderDataError,
+        WrapStructError,
         EOFError,
         OSError,
         ValueError,
