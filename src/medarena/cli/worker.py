@@ -48,7 +48,8 @@ def register(app: typer.Typer) -> None:
             None, help="Name shown on claimed jobs (default: host:pid:random)."
         ),
     ) -> None:
-        """Run jobs (scoring, lab training runs) from the database queue until interrupted.
+        """Run jobs (scoring, explanations of model submissions, lab training runs) from the
+        database queue until interrupted.
 
         SIGINT or SIGTERM stops gracefully: running jobs finish first. Start as many
         workers as you like, on this machine or others sharing MEDARENA_DATABASE_URL
