@@ -530,6 +530,8 @@ def test_limits_are_enforced_during_inference_in_a_child_process(
 ) -> None:
     uid = _setup(catalogue, spec)
     started = time.monotonic()
+    children_file = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    before = set(children_file.read_text().split())  # e.g. servers of other tests' fixtures
     # the upload's checks load the model without constant folding: no 1 GiB tensor here
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     folded = _submit(
@@ -553,8 +555,7 @@ def test_limits_are_enforced_during_inference_in_a_child_process(
     # the endless loop was killed at its deadline: the whole run stays well under a minute
     assert time.monotonic() - started < 30
     # no child is left behind
-    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
-    assert not children
+    assert set(children_file.read_text().split()) <= before
 
 
 def test_the_model_process_has_no_network_and_no_credentials(tmp_path: Path) -> None:
