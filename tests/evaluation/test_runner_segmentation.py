@@ -25,7 +25,7 @@ from medarena.evaluation.policy import image_diagonal_mm
 from medarena.evaluation.results import EvaluationResult, metric_spec
 from medarena.evaluation.runner import evaluate
 from medarena.evaluation.segmentation import HD95Variant, segmentation_metrics, union_box
-from medarena.evaluation.tasks import load_nifti
+from medarena.evaluation.tasks import load_nifti, present_values
 
 SPACING = (1.0, 1.2, 2.0)
 # what the files hold: NIfTI stores the affine as float32
@@ -499,3 +499,22 @@ def test_evaluate_help_names_the_label_map_tasks_and_keys() -> None:
     assert r.exit_code == 0
     for word in ("segmentation", "brats", "autopet", "allowed_labels", "subchallenge"):
         assert word in r.output, word
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.int16, np.uint16, np.int32, np.int64, np.float32, bool]
+)
+@pytest.mark.parametrize("low,high", [(0, 1), (0, 5), (2, 3), (-3, 5), (0, 40), (-70000, 70000)])
+def test_present_values_equal_numpy_unique(dtype: Any, low: int, high: int) -> None:
+    rng = np.random.default_rng(abs(low) * 31 + abs(high))
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        low, high = 0, 1
+    elif kind in "ui":  # clip the range to what the type holds
+        info = np.iinfo(dtype)
+        low, high = max(low, int(info.min)), min(high, int(info.max))
+    arr = rng.integers(low, high + 1, (12, 9, 7)).astype(dtype)
+    # Fortran-ordered views, as NIfTI arrays come, and a single value
+    for a in (arr, arr.T, arr[2:3, 1:2, 0:1]):
+        got = present_values(a)
+        assert np.array_equal(got, np.unique(a)) and got.dtype == np.unique(a).dtype
