@@ -179,15 +179,46 @@ def test_bounded_distances_skip_most_far_points_and_keep_bounds_on_the_right_sid
     bounded = surf.border_distances_for_stats(
         a, b, sp, hd95_variant="max_directed", nsd_tolerance_mm=1.0
     )
+    percentiles = []
     for x, y in (
         (bounded.pred_to_ref, exact.pred_to_ref),
         (bounded.ref_to_pred, exact.ref_to_pred),
     ):
         same = x == y
-        # most values are only bounds, yet the 95th percentile is the same
+        # most values are only bounds, none on the wrong side of its distance
         assert np.count_nonzero(same) < 0.5 * x.size
-        assert np.percentile(x, 95) == np.percentile(y, 95)
+        assert np.all(x <= y)
+        percentiles.append((np.percentile(x, 95), np.percentile(y, 95)))
+    # the larger directed 95th percentile (HD95) is exact; the other is at most it
+    (bx, ex), (by, ey) = percentiles
+    hd95 = max(ex, ey)
+    assert max(bx, by) == hd95
+    assert bx <= hd95 and by <= hd95
     assert seg.hd95_from(bounded, "max_directed") == seg.hd95_from(exact, "max_directed")
+
+
+def test_hd95_settles_only_the_direction_that_decides_it() -> None:
+    # the prediction is the reference's first block shifted by 3 voxels; the reference has a
+    # second block 14 voxels away: reference -> prediction distances are the large ones
+    ref = np.zeros((60, 30, 30), bool)
+    ref[5:25, 5:25, 5:25] = True
+    ref[39:55, 5:25, 5:25] = True
+    pred = np.zeros_like(ref)
+    pred[8:28, 5:25, 5:25] = True
+    sp = np.array([1.0, 1.0, 1.0])
+    exact = surf.border_distances(pred, ref, tuple(sp))
+    bounded = surf.border_distances_for_stats(
+        pred, ref, tuple(sp), hd95_variant="max_directed", nsd_tolerance_mm=None
+    )
+    assert np.percentile(exact.ref_to_pred, 95) > np.percentile(exact.pred_to_ref, 95) + 5
+    assert seg.hd95_from(bounded, "max_directed") == seg.hd95_from(exact, "max_directed")
+    assert np.percentile(bounded.ref_to_pred, 95) == np.percentile(exact.ref_to_pred, 95)
+    # the other direction holds its first bounds: nothing of it was refined
+    bp, br = surf.voxel_border(pred), surf.voxel_border(ref)
+    pp, pr = surf.argwhere(bp), surf.argwhere(br)
+    fresh = surf._BoundedDirected(pp, br, pr, sp)
+    assert np.count_nonzero(fresh.lower < fresh.upper) > 0
+    assert np.array_equal(bounded.pred_to_ref, surf._stand_ins(fresh, None))
 
 
 def test_bounded_distances_refuse_the_surfel_variant_and_empty_masks() -> None:
