@@ -454,7 +454,8 @@ def border_distances_for_stats(
     or above both ranks the 95th percentile reads and lie on a known side of the
     tolerance) hold a bound on the same side instead of their exact distance, which spares
     most k-d tree queries. ``hd95_from`` and ``nsd_from`` on the result return exactly what
-    they return on :func:`border_distances`.
+    they return on :func:`border_distances`; with ``"max_directed"`` the percentile of the
+    direction that does not decide HD95 may sit below its exact value.
     """
     if not pred.any() or not ref.any():
         raise ValueError("surface distances need two non-empty masks")
