@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from recipes import seg2d
 
@@ -66,3 +67,36 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(
     b = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert resumed.history == whole.history  # curves too (losses, metrics, lr)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resumed_run_spends_only_the_rest_of_its_time_budget(
+    lab_catalogue: Catalogue, tmp_path: Path
+) -> None:
+    """The time budget covers every attempt: the checkpoint records the seconds spent."""
+    from medarena.lab.checkpoint import load_checkpoint, save_checkpoint
+    from medarena.lab.trainer import Progress
+
+    text = seg2d(6).replace("seed: 1}", "seed: 1, time_budget_s: 600}")
+    recipe = parse_recipe(text)
+    out = tmp_path / "run"
+
+    def crash_in_epoch_3(p: Progress) -> None:
+        if p.epoch == 3:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(recipe, lab_catalogue, out, progress=crash_in_epoch_3, export=False)
+    state = load_checkpoint(out / "checkpoints")
+    assert state is not None and state["epochs_done"] == 2
+    assert 0 < state["elapsed_s"] < 600
+    # as if the first attempt had used the whole budget before its last checkpoint
+    state["elapsed_s"] = 600.0
+    save_checkpoint(out / "checkpoints", state)
+    resumed = train(recipe, lab_catalogue, out, export=False)
+    assert resumed.resumed_from_epoch == 2
+    assert resumed.stopped == "time_budget"
+    assert resumed.epochs_done == 3  # one step of epoch 3, then the budget stops it

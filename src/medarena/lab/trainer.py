@@ -342,7 +342,13 @@ class _Run:
         }
 
     # ------------------------------------------------------------------ state
-    def state(self, epochs_done: int, steps_done: int, history: list[dict[str, Any]]) -> dict:
+    def state(
+        self,
+        epochs_done: int,
+        steps_done: int,
+        history: list[dict[str, Any]],
+        elapsed_s: float = 0.0,
+    ) -> dict:
         return {
             "recipe_digest": recipe_digest(self.recipe),
             "model": self.model.state_dict(),
@@ -353,6 +359,9 @@ class _Run:
             "steps_done": steps_done,
             "history": history,
             "class_names": self.class_names,
+            # training seconds spent up to this checkpoint, over every attempt: a resumed
+            # run spends only what is left of trainer.time_budget_s
+            "elapsed_s": elapsed_s,
         }
 
 
@@ -403,6 +412,7 @@ def train(
     tr = recipe.trainer
     epochs_done, steps_done, history = 0, 0, []
     resumed: int | None = None
+    spent_before = 0.0  # seconds of training before this attempt (from the checkpoint)
     if previous is not None:
         run.model.load_state_dict(previous["model"])
         run.optimizer.load_state_dict(previous["optimizer"])
@@ -410,13 +420,14 @@ def train(
         restore_rng_states(previous["rng"])
         epochs_done, steps_done = previous["epochs_done"], previous["steps_done"]
         history = list(previous["history"])
+        spent_before = float(previous.get("elapsed_s", 0.0))
         resumed = epochs_done
         logger.info("resuming %s from epoch %d", recipe.name, epochs_done)
     metric_name = MAIN_METRIC[run.task]
     last_metric: float | None = history[-1].get(metric_name) if history else None
     n = len(run.train_cases)
     steps = (n + tr.batch_size - 1) // tr.batch_size
-    started = time.monotonic()
+    started = time.monotonic() - spent_before
     stopped = "epochs"
     finished_before = bool(history) and history[-1].get("stopped") == "time_budget"
     run.model.train()
@@ -467,7 +478,8 @@ def train(
             row["stopped"] = stopped = "time_budget"
         history.append(row)
         if epoch % tr.checkpoint_every == 0 or last:
-            save_checkpoint(ckpt_dir, run.state(epoch, steps_done, history))
+            elapsed = time.monotonic() - started
+            save_checkpoint(ckpt_dir, run.state(epoch, steps_done, history, elapsed))
             _write_json(out_dir / "curves.json", history)
         if out_of_time:
             break
