@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from medarena.accounts.errors import PermissionDenied
 from medarena.accounts.passwords import verify_password
-from medarena.challenges.data import plan_download
+from medarena.challenges.data import plan_download, subset_cases
+from medarena.challenges.explanations import explanation_index
 from medarena.challenges.leaderboard import build_leaderboard
 from medarena.challenges.service import get_challenge, load_spec
 from medarena.cli.main import app
@@ -65,6 +66,8 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
     assert set(passwords) == {ORGANIZER[0], LAB_TEAM[1], *(e for _t, e, _d in TEAMS)}
     # 3 tracks x 2 teams x 2 phases, and Team Lab's model on brain age in both phases
     assert "14 submission(s) added" in out
+    # the demo's worker explains Team Lab's model on the public (preliminary) cases too
+    assert "1 model submission(s) explained" in out
     assert f"lab model {recipe_name('brain_age')}:1 trained" in out
     assert "MNI152" in out  # the real part of brain age is said
     # where to look: the leaderboard pages a new user opens
@@ -111,6 +114,19 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
                 assert x.status == "scored" and x.primary_score is not None
                 with zipfile.ZipFile(cat.store.path_of(x.archive_digest)) as zf:
                     assert sorted(zf.namelist()) == ["manifest.yaml", "model.onnx"]
+                index = explanation_index(s, cat.store, x)
+                if x.phase_slug == "final":  # hidden test cases: nothing explained
+                    assert index is None
+                    continue
+                assert index is not None and index["method"] == "gradcam", index
+                val_cases = subset_cases(s, "demo-brain-age", "demo", "validation")
+                public = {c.case_key for c in val_cases}
+                assert set(index["cases"]) == public and public
+            assert not s.scalar(
+                select(func.count(platform_models.Job.id)).where(
+                    platform_models.Job.state != "done"
+                )
+            )
             # the hidden test subset is the generator's test cases, and hidden
             split = s.scalars(
                 select(models.Split)

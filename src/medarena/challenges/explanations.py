@@ -209,8 +209,10 @@ def explain_case(
     out_maps = []
     if network is not None:
         xt = torch.from_numpy(x)
+        layer = None  # found by the first target's pass, kept for the others
         for t in targets:
-            out_maps.append(grad_cam(network, xt, class_index=t)[0])
+            cam, _index, layer = grad_cam(network, xt, class_index=t, target_layer=layer)
+            out_maps.append(cam)
         method = "gradcam"
     else:
         # every target from one set of passes, one occluded copy at a time (the graph's

@@ -62,7 +62,8 @@ def register(app: typer.Typer) -> None:
                 console.print(
                     f"demo ready in {took:.1f} s: {len(report.generated)} track(s) generated, "
                     f"{len(report.ingested)} ingested, {report.submitted} submission(s) added, "
-                    f"{report.jobs_run} scoring job(s) run"
+                    f"{report.jobs_run} scoring job(s) run, "
+                    f"{report.explained} model submission(s) explained"
                     + (", challenge created" if report.challenge_created else "")
                     + (", challenge updated" if report.challenge_updated else ""),
                     highlight=False,

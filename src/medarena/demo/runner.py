@@ -18,7 +18,10 @@ Steps, each skipped when its result is already there (so a second run changes no
    :func:`medarena.challenges.submissions.submit` and scored by an in-process job worker;
    for the tracks of :data:`medarena.demo.lab_models.LAB_PLANS`, Team Lab's model: a lab
    recipe trained on the train subset, registered, exported to ONNX and submitted as a
-   model archive (phases accept ``predictions`` and ``model``).
+   model archive (phases accept ``predictions`` and ``model``). The same worker runs the
+   explanation job that scoring a model on the public ``validation`` subset queues
+   (:mod:`medarena.challenges.explanations`), so the viewer shows the model's heat maps on
+   those cases without a server's worker.
 
 The lung-nodule track's nodules and excluded findings are stored as each case's findings
 object (:func:`medarena.datasets.findings.attach_findings`), the detection reference.
@@ -46,7 +49,9 @@ from scipy import ndimage
 from sqlalchemy import func, select
 
 from medarena.accounts.users import create_user, get_user_by_email
-from medarena.challenges.scoring import HANDLERS
+from medarena.challenges.explanations import EXPLAIN_JOB_KIND
+from medarena.challenges.explanations import HANDLERS as EXPLAIN_HANDLERS
+from medarena.challenges.scoring import HANDLERS as SCORE_HANDLERS
 from medarena.challenges.service import (
     create_challenge,
     get_challenge,
@@ -156,7 +161,8 @@ class DemoReport:
     challenge_created: bool = False
     challenge_updated: bool = False
     submitted: int = 0
-    jobs_run: int = 0
+    jobs_run: int = 0  # scoring jobs
+    explained: int = 0  # explanation jobs (model submissions scored on a public subset)
     failed: list[str] = field(default_factory=list)
     lab_models: list[str] = field(default_factory=list)  # registry refs trained this run
     real_parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -781,18 +787,34 @@ def pending_jobs(cat: Catalogue) -> int:
         )
 
 
+def _done_explanations(cat: Catalogue) -> int:
+    with cat.sessions() as s:
+        q = select(func.count(Job.id)).where(Job.kind == EXPLAIN_JOB_KIND, Job.state == "done")
+        return int(s.scalar(q) or 0)
+
+
+# The demo's own worker runs the scoring jobs and the explanation jobs that scoring a model
+# submission on a public subset queues, so the viewer shows heat maps without a server.
+DEMO_HANDLERS = {**SCORE_HANDLERS, **EXPLAIN_HANDLERS}
+
+
 def run_worker(cat: Catalogue, progress: ProgressFn, report: DemoReport) -> None:
-    """Score every queued job with an in-process worker until the queue is empty."""
+    """Run every queued scoring and explanation job in-process until the queue is empty."""
     total = pending_jobs(cat)
     if not total:
         return
-    worker = Worker(cat.sessions, HANDLERS, settings=cat.settings, retry_delay_seconds=0.0)
+    explained_before = _done_explanations(cat)
+    worker = Worker(cat.sessions, DEMO_HANDLERS, settings=cat.settings, retry_delay_seconds=0.0)
     done = 0
     progress("scoring submissions", 0, total)
     while worker.run_once():
         done += 1
-        report.jobs_run += 1
-        progress("scoring submissions", min(done, total), max(total, done))
+        # a scored model submission queues its explanation job: the total grows
+        total = max(total, done + pending_jobs(cat))
+        progress("scoring submissions", done, total)
+    explained = _done_explanations(cat) - explained_before
+    report.explained += explained
+    report.jobs_run += done - explained
 
 
 def failed_submissions(cat: Catalogue) -> list[str]:
