@@ -9,7 +9,8 @@ memory. What each kind of download may contain is fixed here and nowhere else:
   nodules and excluded findings (detection). A hidden subset is refused.
 - ``inputs``: images only of a phase's scored subset, so participants can predict. No
   label map, no case-level label, no case attribute (for brain-age regression the age
-  *is* the label).
+  *is* the label). A phase that takes model submissions only never offers the images
+  of a hidden subset (the worker runs the team's model on them; the team sees scores).
 - ``reference``: labels of a scored subset, for organizers and reviewers only; reading a
   hidden subset this way is written to the audit log.
 """
@@ -176,6 +177,17 @@ def plan_download(
     info = subset_info(session, track.dataset, track.split, subset)
     if info.hidden and kind != "inputs" and not reviewer:
         raise PermissionDenied("labels of a hidden subset are never downloadable")
+    if (
+        kind == "inputs"
+        and info.hidden
+        and not reviewer
+        and "predictions" not in phase.submission_kinds
+    ):
+        # a models-only phase runs the team's model on these images: they never see them
+        raise PermissionDenied(
+            f"phase {phase.slug!r} takes model submissions only: the images of its hidden "
+            f"subset {subset!r} are never downloadable (the worker runs your model on them)"
+        )
     cases = subset_cases(session, track.dataset, track.split, subset)
     if kind == "training":
         entries = _entries(cases, ("image", "label"), labels_csv=True)

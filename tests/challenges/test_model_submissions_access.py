@@ -1,0 +1,94 @@
+"""A phase that takes model submissions only never gives its hidden images to participants.
+
+The worker runs the team's model on the hidden subset; the team sees scores, never the
+images (issue 5, item 4). A phase that also takes predictions keeps offering them (the team
+must predict them), and reviewers keep their access.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from medarena.accounts.tokens import create_token
+from medarena.challenges import data, service
+from medarena.challenges.spec import ChallengeSpec, parse_spec
+from medarena.datasets.catalogue import Catalogue
+from medarena.db.platform_models import Challenge
+from medarena.web.app import create_app
+
+
+def _challenge(session: Session, spec: ChallengeSpec, make_user, kinds: list[str]) -> Challenge:
+    raw = spec.model_dump(mode="json", exclude_unset=True)
+    next(p for p in raw["phases"] if p["slug"] == "final")["submission_kinds"] = kinds
+    spec = parse_spec(yaml.safe_dump(raw), "spec.yaml")
+    org = make_user("org@example.org")
+    return service.create_challenge(session, spec, actor_id=org.id)
+
+
+def test_models_only_phase_refuses_its_hidden_inputs(
+    session: Session, spec: ChallengeSpec, make_user
+) -> None:
+    ch = _challenge(session, spec, make_user, ["model"])
+    alice = make_user("alice@example.org")
+    service.join_challenge(session, ch, alice)
+    with pytest.raises(service.PermissionDenied, match="model submissions only") as err:
+        data.plan_download(session, ch, alice, "inputs", "seg", "final")
+    assert "'final'" in str(err.value) and "'test'" in str(err.value)
+    # the public preliminary subset stays downloadable; the organizer reads the hidden one
+    assert data.plan_download(session, ch, alice, "inputs", "seg", "preliminary").entries
+    admin = make_user("admin@example.org", admin=True)
+    plan = data.plan_download(session, ch, admin, "inputs", "seg", "final")
+    assert plan.hidden and plan.entries
+
+
+def test_phase_taking_predictions_still_offers_its_hidden_inputs(
+    session: Session, spec: ChallengeSpec, make_user
+) -> None:
+    ch = _challenge(session, spec, make_user, ["predictions", "model"])
+    alice = make_user("alice@example.org")
+    service.join_challenge(session, ch, alice)
+    plan = data.plan_download(session, ch, alice, "inputs", "seg", "final")
+    assert plan.hidden and plan.entries
+    assert all(e.name.startswith("images/") for e in plan.entries)
+
+
+def test_challenge_page_and_download_route_of_a_models_only_phase(
+    catalogue: Catalogue, session: Session, spec_yaml: str, make_user
+) -> None:
+    marker = "    requires_phase: preliminary\n"
+    assert marker in spec_yaml
+    models_only = spec_yaml.replace(marker, marker + "    submission_kinds: [model]\n")
+    headers = {}
+    for name, admin in (("admin", True), ("ann", False)):
+        _, plain = create_token(session, make_user(f"{name}@example.org", admin=admin), "t")
+        headers[name] = {"Authorization": f"Bearer {plain}"}
+    session.commit()
+    with TestClient(create_app(catalogue.settings, catalogue)) as client:
+        r = client.post(
+            "/challenges-new",
+            files={"spec_file": ("spec.yaml", models_only.encode(), "application/yaml")},
+            headers=headers["admin"],
+            follow_redirects=False,
+        )
+        assert r.status_code == 303, r.text
+        slug = r.headers["location"].rsplit("/", 1)[1]
+        r = client.post(f"/challenges/{slug}/join", headers=headers["ann"], follow_redirects=False)
+        assert r.status_code == 303
+        page = client.get(f"/challenges/{slug}", headers=headers["ann"]).text
+        assert "data/inputs?track=seg&amp;phase=preliminary" in page
+        assert "phase=final" not in page
+        final_inputs = f"/challenges/{slug}/data/inputs?track=seg&phase=final"
+        r = client.get(final_inputs, headers=headers["ann"])
+        assert r.status_code == 403 and "model submissions only" in r.text
+        assert (
+            client.get(
+                f"/challenges/{slug}/data/inputs?track=seg&phase=preliminary",
+                headers=headers["ann"],
+            ).status_code
+            == 200
+        )
+        admin_page = client.get(f"/challenges/{slug}", headers=headers["admin"]).text
+        assert "data/inputs?track=seg&amp;phase=final" in admin_page
