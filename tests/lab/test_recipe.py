@@ -150,3 +150,35 @@ def test_cli_blocks_validate(tmp_path: Path) -> None:
         f"line {_line_of(seg2d(2), 'zscore')}" in res.output
         and "did you mean 'zscore'" in res.output
     )
+
+
+def test_every_problem_at_once_and_choices_suggested(tmp_path: Path) -> None:
+    """A bad trainer value does not hide misspelt block names; a misspelt choice is guessed."""
+    text = (
+        seg2d(2)
+        .replace("batch_size: 2", "batch_size: two")
+        .replace("block: zscore", "block: zscor")
+        .replace("block: adam", "block: adma")
+    )
+    problems = _problems(text)
+    assert [f for _, f, _ in problems] == [
+        "preprocess[0].block",
+        "optimizer.block",
+        "trainer.batch_size",
+    ]
+    assert [line for line, _, _ in problems] == sorted(line for line, _, _ in problems)
+    assert "did you mean 'zscore'?" in problems[0][2] and "did you mean 'adam'?" in problems[1][2]
+    text = SEG3D.replace("pixdim: [1.0, 1.0, 1.0]", "pixdim: [1.0, 1.0, 1.0], mode: bilinar")
+    [(line, field, msg)] = _problems(text)
+    assert field == "preprocess[1].params.mode" and line == _line_of(text, "bilinar")
+    assert "'bilinar'" in msg and "did you mean 'bilinear'?" in msg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        seg2d(2).replace("batch_size: 2", "batch_size: two").replace("block: adam", "block: adma")
+    )
+    res = runner.invoke(app, ["lab", "validate", str(bad)])
+    assert res.exit_code == 2
+    lines = res.output.splitlines()
+    assert "invalid recipe, 2 problems" in lines[0]
+    assert lines[1].lstrip().startswith("line ") and "did you mean 'adam'?" in lines[1]
+    assert "trainer.batch_size" in lines[2] and "'two'" in lines[2]

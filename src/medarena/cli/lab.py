@@ -9,13 +9,13 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medarena.cli.common import console, handle_errors, settings_or_exit
+from medarena.cli.common import console, err_console, handle_errors, settings_or_exit
 from medarena.cli.lab_explain import register_explain
 from medarena.cli.lab_runs import register_runs
 from medarena.datasets.catalogue import open_catalogue
 from medarena.errors import InputError
 from medarena.lab.blocks import KINDS, blocks
-from medarena.lab.recipe import load_recipe
+from medarena.lab.recipe import RecipeError, load_recipe
 
 
 def register(app: typer.Typer) -> None:
@@ -61,7 +61,18 @@ def register(app: typer.Typer) -> None:
         recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     ) -> None:
         """Check a recipe: every problem is reported with its line and a suggestion."""
-        r = load_recipe(recipe)
+        try:
+            r = load_recipe(recipe)
+        except RecipeError as exc:  # one problem a line, all of them at once
+            n = len(exc.problems)
+            err_console.print(
+                f"[bold red]error:[/] {recipe}: invalid recipe, {n} problem{'s' * (n != 1)}:",
+                highlight=False,
+                soft_wrap=True,
+            )
+            for problem in exc.problems:
+                err_console.print(f"  {problem}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         console.print(
             f"[green]ok[/]: recipe {r.name!r} ({r.task.type}, {r.task.spatial_dims}D, "
             f"network {r.network.block}, loss {r.loss.block})",

@@ -9,6 +9,8 @@ parameter name, the nearest valid one. The YAML line lookup is the challenge spe
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -259,10 +261,53 @@ def _unknown_field(loc: tuple[int | str, ...], known: list[str]) -> str:
     return msg + f" (valid: {', '.join(known)})"
 
 
+def _value_problem(err: Any) -> str:
+    """The message of a bad value; a misspelt choice of a fixed list gets the nearest one."""
+    msg = f"{err['msg'].removeprefix('Value error, ')} (value {err['input']!r})"
+    if err["type"] == "literal_error" and isinstance(err["input"], str):
+        choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+        guess = nearest(err["input"], choices)
+        if guess:
+            msg += f"; did you mean {guess!r}?"
+    return msg
+
+
+def _raw_refs(data: Any) -> list[tuple[tuple[str | int, ...], Kind, BlockRef]]:
+    """The block references of a recipe whose schema failed, those that parse on their own.
+
+    So that a problem elsewhere (say, ``trainer.batch_size: two``) does not hide a misspelt
+    block or parameter name: every problem is reported at once.
+    """
+    out: list[tuple[tuple[str | int, ...], Kind, BlockRef]] = []
+    if not isinstance(data, dict):
+        return out
+    lists: tuple[Kind, ...] = ("preprocess", "augment")
+    singles: tuple[Kind, ...] = ("network", "loss", "optimizer", "schedule")
+    for kind in lists:
+        items = data.get(kind)
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            with contextlib.suppress(ValidationError):  # reported by the schema
+                out.append(((kind, i), kind, BlockRef.model_validate(item)))
+    for kind in singles:
+        if kind in data:
+            with contextlib.suppress(ValidationError):
+                out.append(((kind,), kind, BlockRef.model_validate(data[kind])))
+    return out
+
+
 def _check_blocks(recipe: Recipe) -> list[tuple[tuple[int | str, ...], str]]:
     """Problems of block names, kinds, tasks and parameters, as (location, message)."""
+    return _check_refs(recipe.refs(), recipe.task.type, recipe.task.detection)
+
+
+def _check_refs(
+    refs: list[tuple[tuple[str | int, ...], Kind, BlockRef]],
+    task: str | None,
+    d: DetectionSettings | None,
+) -> list[tuple[tuple[int | str, ...], str]]:
+    """Problems of ``refs``; the task's checks only when the task is known (``task``)."""
     problems: list[tuple[tuple[int | str, ...], str]] = []
-    for loc, kind, ref in recipe.refs():
+    for loc, kind, ref in refs:
         block: Block | None = REGISTRY.get(ref.block)
         if block is None or block.kind != kind:
             valid = [b.name for b in REGISTRY.values() if b.kind == kind]
@@ -273,15 +318,14 @@ def _check_blocks(recipe: Recipe) -> list[tuple[tuple[int | str, ...], str]]:
                 msg += f"; did you mean {guess!r}?"
             problems.append(((*loc, "block"), f"{msg} (valid: {', '.join(valid)})"))
             continue
-        if recipe.task.type not in block.tasks:
+        if task is not None and task not in block.tasks:
             problems.append(
                 (
                     (*loc, "block"),
-                    f"{ref.block!r} does not support task {recipe.task.type!r} "
+                    f"{ref.block!r} does not support task {task!r} "
                     f"(it supports: {', '.join(block.tasks)})",
                 )
             )
-        d = recipe.task.detection
         other = next((m for m, names in DETECTION_LOSSES.items() if ref.block in names), None)
         if kind == "loss" and d is not None and other is not None and other != d.mode:
             problems.append(
@@ -302,7 +346,7 @@ def _check_blocks(recipe: Recipe) -> list[tuple[tuple[int | str, ...], str]]:
                     msg = _unknown_field(ploc, known)
                     msg = msg.replace("unknown field", f"unknown parameter of {ref.block!r}")
                 else:
-                    msg = f"{err['msg'].removeprefix('Value error, ')} (value {err['input']!r})"
+                    msg = _value_problem(err)
                 problems.append((ploc, msg))
     return problems
 
@@ -322,8 +366,12 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             elif err["type"] == "missing":
                 msg = err["msg"]
             else:
-                msg = f"{err['msg'].removeprefix('Value error, ')} (value {err['input']!r})"
+                msg = _value_problem(err)
             problems.append(problem_at(root, loc, msg, missing=err["type"] == "missing"))
+        problems += [
+            problem_at(root, loc, msg) for loc, msg in _check_refs(_raw_refs(data), None, None)
+        ]
+        problems.sort(key=lambda p: p.line or 0)
         raise RecipeError(source, problems) from None
     block_problems = _check_blocks(recipe)
     if block_problems:
