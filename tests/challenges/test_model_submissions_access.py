@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from medarena.accounts.tokens import create_token
 from medarena.challenges import data, service
 from medarena.challenges.spec import ChallengeSpec, parse_spec
-from medarena.datasets.catalogue import Catalogue
+from medarena.datasets.catalogue import Catalogue, case_records
 from medarena.db.platform_models import Challenge
 from medarena.web.app import create_app
 
@@ -92,3 +92,37 @@ def test_challenge_page_and_download_route_of_a_models_only_phase(
         )
         admin_page = client.get(f"/challenges/{slug}", headers=headers["admin"]).text
         assert "data/inputs?track=seg&amp;phase=final" in admin_page
+
+
+def test_dataset_preview_of_a_models_only_hidden_case_is_withheld(
+    catalogue: Catalogue, session: Session, spec: ChallengeSpec, make_user
+) -> None:
+    ch = _challenge(session, spec, make_user, ["model"])
+    ann = make_user("ann@example.org")
+    admin = make_user("admin@example.org", admin=True)
+    headers = {}
+    for name, u in (("ann", ann), ("admin", admin)):
+        headers[name] = {"Authorization": f"Bearer {create_token(session, u, 't')[1]}"}
+    session.commit()
+    recs = case_records(catalogue, "brain")
+    test_key = next(r["case_key"] for r in recs if r["splits"]["challenge"] == "test")
+    val_key = next(r["case_key"] for r in recs if r["splits"]["challenge"] == "validation")
+    with TestClient(create_app(catalogue.settings, catalogue)) as client:
+        url = f"/datasets/brain/cases/{test_key}/preview.png"
+        for who in ({}, headers["ann"]):  # anonymous and a participant
+            r = client.get(url, headers=who)
+            assert r.status_code == 404 and "model submissions only" in r.text
+            page = client.get(f"/datasets/brain/cases/{test_key}", headers=who).text
+            assert "preview.png" not in page
+        ok = client.get(url, headers=headers["admin"])
+        assert ok.status_code == 200 and ok.headers["content-type"] == "image/png"
+        # a public case, and the same hidden case once the phase takes predictions again
+        assert client.get(f"/datasets/brain/cases/{val_key}/preview.png").status_code == 200
+        raw = ch.spec | {
+            "phases": [
+                p | {"submission_kinds": ["predictions", "model"]} for p in ch.spec["phases"]
+            ]
+        }
+        ch.spec = raw
+        session.commit()
+        assert client.get(url).status_code == 200

@@ -32,9 +32,10 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import (
@@ -53,6 +54,11 @@ from medarena.errors import InputError, UserInputError
 from medarena.imaging.nifti import read_nifti
 from medarena.storage import LocalObjectStore
 from medarena.yamlerrors import YamlProblem, field_name, parse_mapping, problem_at
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from medarena.db.platform_models import User
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.yaml"
@@ -763,3 +769,55 @@ def _write_label_map(
     else:
         labels = lut[np.argmax(out[0], axis=0)]
     nib.save(nib.Nifti1Image(labels, affine), str(dest / f"{key}.nii.gz"))
+
+
+# ---------------------------------------------------------------------------- withheld images
+
+
+def images_withheld(
+    session: Session, user: User | None, dataset: str, case_splits: Mapping[str, str]
+) -> bool:
+    """Whether ``user`` may not see the images of a case of ``dataset``.
+
+    ``case_splits`` maps each split of the case to its subset. A case's images are withheld
+    when it lies in a hidden subset that a phase taking model submissions only scores: the
+    worker runs the teams' models on it and the teams see scores, never the images. Admins
+    and the challenge's organizers and reviewers still see them. Reads the stored specs as
+    data (every field is stored), without validating each one again.
+    """
+    from sqlalchemy import select
+
+    from medarena.accounts.roles import can_review
+    from medarena.db.models import Dataset, Split
+    from medarena.db.platform_models import Challenge
+
+    if user is not None and user.is_admin:
+        return False
+    hidden = {
+        name: set(subsets or ())
+        for name, subsets in session.execute(
+            select(Split.name, Split.hidden_subsets).join(Dataset).where(Dataset.name == dataset)
+        ).all()
+    }
+    if not any(sub in hidden.get(split, ()) for split, sub in case_splits.items()):
+        return False  # not hidden anywhere: nothing to withhold
+    for ch_id, spec in session.execute(select(Challenge.id, Challenge.spec)).all():
+        tracks = {t.get("slug"): t for t in (spec or {}).get("tracks", [])}
+        for phase in (spec or {}).get("phases", []):
+            if "predictions" in (phase.get("submission_kinds") or ["predictions"]):
+                continue
+            names = phase.get("tracks")
+            for slug, t in tracks.items():
+                if names is not None and slug not in names:
+                    continue
+                if t.get("dataset") != dataset:
+                    continue
+                split = t.get("split")
+                subset = phase.get("scored_subset") or t.get("reference_subset")
+                if (
+                    case_splits.get(split) == subset
+                    and subset in hidden.get(split, ())
+                    and not can_review(session, user, ch_id)
+                ):
+                    return True
+    return False

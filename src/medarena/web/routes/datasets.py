@@ -1,7 +1,8 @@
 """Dataset pages and /api/v1/datasets: the catalogue in the browser and for scripts.
 
 Labels of cases in a hidden split subset are never sent: not as values, not as files,
-not as previews.
+not as previews. The image preview of a hidden case scored by a phase that takes model
+submissions only is withheld too (only admins and the challenge's reviewers see it).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from medarena.datasets.catalogue import Catalogue, case_records, dataset_stats, 
 from medarena.datasets.dose import DOSE_ROLE
 from medarena.datasets.findings import FINDINGS_ROLE
 from medarena.db.models import Dataset, Split
+from medarena.db.platform_models import User
 from medarena.errors import NotFoundError
-from medarena.web.deps import CatalogueDep, TemplatesDep, get_principal
+from medarena.web.deps import CatalogueDep, OptionalUser, TemplatesDep, get_principal
 
 # Objects that hold a case's reference: label maps, a dose, detection findings.
 _REFERENCE_ROLES = frozenset({"label", "seg", DOSE_ROLE, FINDINGS_ROLE})
@@ -52,6 +54,14 @@ def _records(cat: Catalogue, name: str) -> list[dict[str, Any]]:
     for r in recs:
         r["hidden_in"] = [s for s, sub in r["splits"].items() if sub in hidden.get(s, ())]
     return [_public_record(r) for r in recs]
+
+
+def _images_withheld(cat: Catalogue, user: User | None, name: str, case: dict[str, Any]) -> bool:
+    """A hidden case of a models-only phase (:func:`medarena.challenges.models.images_withheld`)."""
+    from medarena.challenges.models import images_withheld
+
+    with cat.session() as s:
+        return images_withheld(s, user, name, case["splits"])
 
 
 def _find_case(cat: Catalogue, name: str, key: str) -> dict[str, Any]:
@@ -104,18 +114,30 @@ def dataset_page(
 
 @router.get("/datasets/{name}/cases/{key}", response_class=HTMLResponse, include_in_schema=False)
 def case_page(
-    request: Request, name: str, key: str, cat: CatalogueDep, templates: TemplatesDep
+    request: Request,
+    name: str,
+    key: str,
+    cat: CatalogueDep,
+    templates: TemplatesDep,
+    user: OptionalUser,
 ) -> HTMLResponse:
     case = _find_case(cat, name, key)
     has_image = any(o["role"] == "image" for o in case["objects"])
+    has_image = has_image and not _images_withheld(cat, user, name, case)
     return templates.TemplateResponse(
         request, "case.html", {"name": name, "case": case, "has_image": has_image}
     )
 
 
 @router.get("/datasets/{name}/cases/{key}/preview.png", include_in_schema=False)
-def case_preview(name: str, key: str, cat: CatalogueDep) -> Response:
+def case_preview(name: str, key: str, cat: CatalogueDep, user: OptionalUser) -> Response:
     case = _find_case(cat, name, key)
+    if _images_withheld(cat, user, name, case):
+        raise HTTPException(
+            404,
+            f"the images of case {key!r} are withheld: it is a hidden case scored by a "
+            "phase that takes model submissions only",
+        )
     image_objs = [o for o in case["objects"] if o["role"] == "image"]
     if not image_objs:
         raise HTTPException(404, "this case has no image volume")
