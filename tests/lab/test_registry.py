@@ -105,6 +105,14 @@ def test_cli_models_list_and_show(
     assert res.exit_code == 0, res.output
     assert "limitations:" in res.output and "max |onnxruntime - torch|" in res.output
     assert out.read_bytes() == (tmp_path / "run" / "model.onnx").read_bytes()
+    card = json.loads((tmp_path / "run" / "model_card.json").read_text())
+    subgroups = card["metrics"]["subgroups"]
+    assert subgroups and "validation metric per subgroup" in res.output
+    shown = [" ".join(line.replace("│", " ").split()) for line in res.output.splitlines()]
+    for analysis in subgroups:  # a row per group: attribute, group, n, metric
+        for g in analysis["groups"]:
+            row = f"{analysis['attribute']} {g['value']} {g['n']} {analysis['metric']}"
+            assert any(line.startswith(row) for line in shown), (row, res.output)
     weights = tmp_path / "model.pt"
     res = runner.invoke(
         app, ["lab", "models", "show", "disks-resnet", "--weights-out", str(weights)]

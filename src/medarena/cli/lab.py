@@ -18,6 +18,11 @@ from medarena.lab.blocks import KINDS, blocks
 from medarena.lab.recipe import RecipeError, load_recipe
 
 
+def _num(v: object) -> str:
+    """A metric value for a table: 4 significant digits, '-' when undefined."""
+    return f"{v:.4g}" if isinstance(v, int | float) else "-"
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
         help="The open lab: training recipes built from registered blocks.",
@@ -259,6 +264,23 @@ def register(app: typer.Typer) -> None:
             )
             curve.add_row(str(row["epoch"]), f"{row['loss']:.4f}", f"{row['lr']:.3g}", val)
         console.print(curve)
+        subgroups = m.model_card.get("metrics", {}).get("subgroups", [])
+        if subgroups:
+            groups = Table(title="validation metric per subgroup (mean, 95 % CI)")
+            for col in ("attribute", "group", "n", "metric", "mean", "CI"):
+                groups.add_column(col)
+            for analysis in subgroups:
+                for g in analysis["groups"]:
+                    ci = g.get("ci") or [None, None]
+                    groups.add_row(
+                        str(analysis["attribute"]),
+                        str(g["value"]),
+                        str(g["n"]),
+                        str(analysis["metric"]),
+                        _num(g.get("mean")),
+                        f"{_num(ci[0])} - {_num(ci[1])}",
+                    )
+            console.print(groups)
         console.print("limitations:", highlight=False)
         for line in m.model_card.get("limitations", []):
             console.print(f"- {line}", highlight=False)
