@@ -432,7 +432,9 @@ def test_bad_models_are_refused_or_fail_with_a_reason(
         assert sub is not None and sub.status == "failed"
         first = subset_cases(s, "brain", "challenge", "test")[0].case_key
     assert sub.error is not None
-    assert f"case {first}: the model's output is not finite (nan)" in sub.error
+    # on a hidden case the reason names the rule, not the output values
+    assert f"case {first} (hidden subset): the model's output holds NaN" in sub.error
+    assert "(nan)" not in sub.error
     # two outputs for a one-column track; and a time limit no model can meet
     two_out = _export(_Regressor(out=2), tmp_path / "o2.onnx")
     wrong = _submit(
@@ -598,3 +600,40 @@ def test_phase_submission_kinds_validated_with_the_field(spec_yaml: str) -> None
         parse_manifest("inputs: {channels: [MR], size: [6, 5, 4], spacing: fine}\n")
     text = str(merr.value)
     assert "line 1, field inputs.spacing: 'fine'" in text and "field outputs" in text
+
+
+class _Leaky(torch.nn.Module):
+    """A model that writes statistics of its (hidden) input into its outputs beside a NaN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stats = torch.stack([x.mean(), x.std(), x.amax(), x.amin()]).reshape(1, 4)
+        nan = (stats[:, :1] - stats[:, :1]) / (stats[:, :1] - stats[:, :1])
+        return torch.cat([nan, stats[:, :3]], dim=1)
+
+
+def test_reasons_on_hidden_cases_carry_no_values_computed_from_them(
+    catalogue: Catalogue, spec: ChallengeSpec, tmp_path: Path
+) -> None:
+    """A failing model's reason is a channel back to the team: on hidden cases it names
+    the rule only. The same model on public cases still gets the full reason."""
+    uid = _setup(catalogue, spec)
+    leaky = _export(_Leaky(), tmp_path / "leaky.onnx")
+    manifest = MANIFEST.replace("kind: value", "kind: scores\n  activation: softmax").replace(
+        "names: [grade]", "names: ['0', '1', '2', '3']"
+    )
+    archive = _zip({"model.onnx": leaky, "manifest.yaml": manifest})
+    public = _submit(catalogue, uid, "preliminary", archive, track="grade-class")
+    hidden = _submit(catalogue, uid, "hidden-test", archive, track="grade-class")
+    score_all(catalogue)
+    with catalogue.sessions() as s:
+        errors = {i: s.get(Submission, i).error for i in (public, hidden)}  # type: ignore[union-attr]
+        val = subset_cases(s, "brain", "challenge", "validation")[0]
+        test = subset_cases(s, "brain", "challenge", "test")[0]
+    images = _zscored(catalogue, "test")
+    top = float(images[test.case_key].max())  # z-scored: mean 0, std 1, max case-specific
+    assert f"case {val.case_key}: the model's output is not finite (nan, " in str(errors[public])
+    hidden_error = str(errors[hidden])
+    assert f"case {test.case_key} (hidden subset): the model's output holds NaN" in hidden_error
+    assert "not shown" in hidden_error and "nan," not in hidden_error
+    # the hidden image's maximum, quoted before this fix, is not in it
+    assert f"{top:.3f}"[:-1] not in hidden_error.replace(test.case_key, "")

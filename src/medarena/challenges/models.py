@@ -564,6 +564,55 @@ def _start(model: Path, limits: ModelLimits, workdir: Path) -> ModelProcess:
     return proc
 
 
+# What a refusal on a hidden case may say: the rule broken, never a number or a runtime
+# message computed from the case (a model could write hidden data into them: the output
+# values a "not finite" message quoted, a heatmap's range, a data-dependent output shape).
+_HIDDEN = "{key} (hidden subset)"
+_HIDDEN_REASONS = (
+    ("time limit", None),  # names only the phase's limit and the case: kept as it is
+    ("channel(s) but the manifest", None),  # the track's channel count, not the case's data
+    (
+        "ends this way",
+        "the model's inference process ended abnormally on case " + _HIDDEN + "; a model "
+        "over the memory limit of {mb} MB (model_limits.memory_mb) ends this way",
+    ),
+    (
+        "memory limit",
+        "model exceeded the memory limit of {mb} MB on case " + _HIDDEN + " (this phase's "
+        "model_limits.memory_mb)",
+    ),
+    ("finite", "case " + _HIDDEN + ": the model's output holds NaN or infinite values"),
+    ("NaN", "case " + _HIDDEN + ": the model's output holds NaN or infinite values"),
+    (
+        "heatmap has values",
+        "case " + _HIDDEN + ": the heatmap's values are outside [0, 1] (outputs.activation)",
+    ),
+    (
+        "shape",
+        "case " + _HIDDEN + ": the model's output shape does not fit the manifest's outputs "
+        "and the track",
+    ),
+    ("ONNX Runtime failed", "case " + _HIDDEN + ": ONNX Runtime failed while running the model"),
+)
+
+
+def _hidden_case_error(exc: UserInputError, key: str, limits: ModelLimits) -> UserInputError:
+    """The reason for a failure on a case of a hidden subset: the rule, not the details."""
+    text = str(exc)
+    what = "case " + _HIDDEN + ": the model's output was refused"
+    for needle, reason in _HIDDEN_REASONS:
+        if needle in text:
+            if reason is None:
+                return exc
+            what = reason
+            break
+    return UserInputError(
+        what.format(key=key, mb=limits.memory_mb) + ". Values, shapes and runtime messages "
+        "computed from a hidden case are not shown (a model could send hidden data back "
+        "through them); run the model on public cases to see them"
+    )
+
+
 def predict_cases(
     files_dir: Path,
     store: LocalObjectStore,
@@ -572,6 +621,8 @@ def predict_cases(
     limits: ModelLimits,
     dest: Path,
     progress: Any = None,
+    *,
+    hidden: bool = False,
 ) -> Path:
     """Run the model of ``files_dir`` on ``cases``; the predictions it wrote in ``dest``.
 
@@ -579,7 +630,35 @@ def predict_cases(
     the phase's limits (:mod:`medarena.challenges.model_sandbox`). Raises UserInputError
     (the submission fails with that reason, no retry) for a model over a limit, a
     non-finite or misshapen output, or a case whose channels disagree with the manifest.
+    With ``hidden`` (the cases are a hidden subset) a case's reason names the rule only,
+    without the values, shapes or runtime messages computed from the case.
     """
+    try:
+        return _predict_cases(files_dir, store, cases, track, limits, dest, progress)
+    except _CaseFailure as failure:
+        if hidden:
+            raise _hidden_case_error(failure.error, failure.key, limits) from None
+        raise failure.error from None
+
+
+class _CaseFailure(Exception):
+    """A refusal raised while case ``key`` ran (kept apart from the archive's own checks)."""
+
+    def __init__(self, key: str, error: UserInputError) -> None:
+        self.key = key
+        self.error = error
+        super().__init__(str(error))
+
+
+def _predict_cases(
+    files_dir: Path,
+    store: LocalObjectStore,
+    cases: list[Any],
+    track: Track,
+    limits: ModelLimits,
+    dest: Path,
+    progress: Any = None,
+) -> Path:
     model_path = model_file(files_dir)
     manifest_path = next((p for p in files_dir.iterdir() if p.name.lower() == MANIFEST_FILE), None)
     if model_path is None or manifest_path is None:
@@ -593,33 +672,49 @@ def predict_cases(
     proc = _start(model_path, limits, dest.parent)  # its log stays out of the predictions
     try:
         for i, case in enumerate(cases):
-            data = _case_input(store, case, manifest)
-            if data.image.shape[0] != len(manifest.inputs.channels):
-                raise UserInputError(
-                    f"case {case.case_key}: the track's images have {data.image.shape[0]} "
-                    f"channel(s) but the manifest lists {len(manifest.inputs.channels)}"
-                )
-            x = _preprocess(data.image, data.affine, manifest)
-            if data.masks is not None:
-                x = np.concatenate([x, data.masks], axis=0)
-            # the model's time: every window of the case, not the worker's reading and
-            # preprocessing (whose first case also imports MONAI)
-            deadline = time.monotonic() + limits.time_per_case_s
             try:
-                if track.task in GRID_TASKS:
-                    out = _sliding_window(proc, x[None], manifest, deadline)
-                else:
-                    out = proc.run(x[None], deadline)
-            except SandboxError as exc:
-                raise _limit_error(exc, case.case_key, limits) from None
-            if time.monotonic() > deadline:  # the windows' blending after the last answer
-                raise _limit_error(SandboxError("time", ""), case.case_key, limits)
-            writer.write(case.case_key, out, data)
+                _predict_case(proc, store, case, manifest, track, limits, writer)
+            except UserInputError as exc:
+                raise _CaseFailure(case.case_key, exc) from None
             if progress is not None:
                 progress(i + 1, len(cases))
     finally:
         proc.close()
     return writer.finish()
+
+
+def _predict_case(
+    proc: ModelProcess,
+    store: LocalObjectStore,
+    case: Any,
+    manifest: Manifest,
+    track: Track,
+    limits: ModelLimits,
+    writer: _Writer,
+) -> None:
+    """Run the model on one case and hand its output to ``writer``."""
+    data = _case_input(store, case, manifest)
+    if data.image.shape[0] != len(manifest.inputs.channels):
+        raise UserInputError(
+            f"case {case.case_key}: the track's images have {data.image.shape[0]} "
+            f"channel(s) but the manifest lists {len(manifest.inputs.channels)}"
+        )
+    x = _preprocess(data.image, data.affine, manifest)
+    if data.masks is not None:
+        x = np.concatenate([x, data.masks], axis=0)
+    # the model's time: every window of the case, not the worker's reading and
+    # preprocessing (whose first case also imports MONAI)
+    deadline = time.monotonic() + limits.time_per_case_s
+    try:
+        if track.task in GRID_TASKS:
+            out = _sliding_window(proc, x[None], manifest, deadline)
+        else:
+            out = proc.run(x[None], deadline)
+    except SandboxError as exc:
+        raise _limit_error(exc, case.case_key, limits) from None
+    if time.monotonic() > deadline:  # the windows' blending after the last answer
+        raise _limit_error(SandboxError("time", ""), case.case_key, limits)
+    writer.write(case.case_key, out, data)
 
 
 class _Writer:

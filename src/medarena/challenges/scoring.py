@@ -50,7 +50,7 @@ from medarena.challenges.archives import extract_archive
 from medarena.challenges.data import subset_cases
 from medarena.challenges.explanations import request_explanations
 from medarena.challenges.models import model_file, predict_cases
-from medarena.challenges.service import find_track_phase, load_spec
+from medarena.challenges.service import find_track_phase, load_spec, subset_info
 from medarena.challenges.submissions import INTERNAL_FAILURE as INTERNAL_PROBLEM
 from medarena.challenges.submissions import SCORE_JOB_KIND
 from medarena.config import get_settings
@@ -263,6 +263,7 @@ def score_submission(ctx: JobContext) -> dict[str, Any]:
         track, phase = find_track_phase(spec, sub.track_slug, sub.phase_slug)
         subset = spec.scored_subset(track, phase)
         cases = subset_cases(s, track.dataset, track.split, subset)
+        hidden = subset_info(s, track.dataset, track.split, subset).hidden
         archive_digest, first_run = sub.archive_digest, sub.status == "queued"
         failed_runs_count = phase.failed_runs_count
     if first_run:
@@ -282,7 +283,14 @@ def score_submission(ctx: JobContext) -> dict[str, Any]:
 
         if model_file(pred_dir) is not None:  # a model: its predictions, never stored
             prediction = predict_cases(
-                pred_dir, store, cases, track, phase.model_limits, tmp / "model-pred", progress
+                pred_dir,
+                store,
+                cases,
+                track,
+                phase.model_limits,
+                tmp / "model-pred",
+                progress,
+                hidden=hidden,  # a reason on a hidden case names the rule, not the values
             )
         else:
             prediction = _prediction_path(pred_dir, track.task)
