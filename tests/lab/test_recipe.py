@@ -140,11 +140,11 @@ def test_cli_blocks_validate(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "rand_crop_by_label" in res.output
     good = tmp_path / "good.yaml"
     good.write_text(seg2d(2))
-    res = runner.invoke(app, ["lab", "validate", str(good)])
+    res = runner.invoke(app, ["lab", "validate", "--no-data", str(good)])
     assert res.exit_code == 0 and "ok" in res.output
     bad = tmp_path / "bad.yaml"
     bad.write_text(seg2d(2).replace("block: zscore", "block: zscor"))
-    res = runner.invoke(app, ["lab", "validate", str(bad)])
+    res = runner.invoke(app, ["lab", "validate", "--no-data", str(bad)])
     assert res.exit_code == 2
     assert (
         f"line {_line_of(seg2d(2), 'zscore')}" in res.output

@@ -126,3 +126,23 @@ def test_cli_models_list_and_show(
     assert res.exit_code == 2 and "at least two models" in res.output
     res = runner.invoke(app, ["lab", "models", "show", "nope"])
     assert res.exit_code == 2 and "no model 'nope'" in res.output
+
+
+def test_cli_validate_checks_the_data_in_the_catalogue(
+    lab_catalogue: Catalogue, lab_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lab validate` checks the dataset part against the catalogue (--no-data skips it)."""
+    monkeypatch.setenv("MEDARENA_DATA_DIR", str(lab_data_dir))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(CLS2D)
+    res = runner.invoke(app, ["lab", "validate", str(recipe)])
+    assert res.exit_code == 0 and "ok" in res.output, res.output
+    recipe.write_text(CLS2D.replace("{name: disks2d,", "{name: disk2d,"))
+    res = runner.invoke(app, ["lab", "validate", str(recipe)])
+    assert res.exit_code == 2
+    assert "line 2, field dataset.name" in res.output and "did you mean 'disks2d'?" in res.output
+    recipe.write_text(CLS2D.replace("num_classes: 2}", "num_classes: 2, in_channels: 3}"))
+    res = runner.invoke(app, ["lab", "validate", str(recipe)])
+    assert res.exit_code == 2 and "line 3, field task.in_channels" in res.output, res.output
+    res = runner.invoke(app, ["lab", "validate", "--no-data", str(recipe)])
+    assert res.exit_code == 0, res.output

@@ -23,6 +23,23 @@ def _num(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, int | float) else "-"
 
 
+def _check_data(recipe: Path) -> None:
+    """RecipeError listing the problems of a (valid) recipe's data part in the catalogue."""
+    from medarena.lab.builder import check_recipe
+    from medarena.yamlerrors import YamlProblem
+
+    text = recipe.read_text(encoding="utf-8")
+    with settings_or_exit() as settings:
+        cat = open_catalogue(settings)
+        try:
+            result = check_recipe(text, cat)
+        finally:
+            cat.close()
+    if not result.ok:
+        problems = [YamlProblem(p.line, p.field, p.message) for p in result.problems]
+        raise RecipeError(str(recipe), problems)
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
         help="The open lab: training recipes built from registered blocks.",
@@ -64,10 +81,18 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def validate_cmd(
         recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+        data: bool = typer.Option(
+            True,
+            "--data/--no-data",
+            help="Also check the dataset, split, subsets, targets, dimensions and channels "
+            "against the catalogue (MEDARENA_DATA_DIR), as the web builder does.",
+        ),
     ) -> None:
         """Check a recipe: every problem is reported with its line and a suggestion."""
         try:
             r = load_recipe(recipe)
+            if data:
+                _check_data(recipe)
         except RecipeError as exc:  # one problem a line, all of them at once
             n = len(exc.problems)
             err_console.print(
