@@ -21,9 +21,11 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import set_external_data
 from sqlalchemy import select
 from track_helpers import add_team_member, score_all, scored_result, submit_bytes
 
@@ -637,3 +639,25 @@ def test_reasons_on_hidden_cases_carry_no_values_computed_from_them(
     assert "not shown" in hidden_error and "nan," not in hidden_error
     # the hidden image's maximum, quoted before this fix, is not in it
     assert f"{top:.3f}"[:-1] not in hidden_error.replace(test.case_key, "")
+
+
+def test_a_model_with_external_data_is_refused_at_upload(
+    catalogue: Catalogue, spec: ChallengeSpec, tmp_path: Path
+) -> None:
+    """External data would make ONNX Runtime read a file named by the model (it refuses
+    absolute paths and '..', not the archive's own files): one self-contained file only."""
+    uid = _setup(catalogue, spec)
+    proto = onnx.load_from_string(_export(_Regressor(), tmp_path / "r.onnx"))
+    weight = proto.graph.initializer[0]
+    set_external_data(weight, location="manifest.yaml", offset=0, length=16)
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    archive = _zip({"model.onnx": proto.SerializeToString(), "manifest.yaml": MANIFEST})
+    with pytest.raises(SubmissionRefused) as err:
+        _submit(catalogue, uid, "preliminary", archive)
+    problems = " ".join(getattr(err.value, "problems", ())) + str(err.value)
+    assert f"tensor {weight.name!r} keeps its data in an external file ('manifest.yaml')" in (
+        problems
+    )
+    with catalogue.sessions() as s:
+        assert not s.scalars(select(Submission)).all()  # nothing stored

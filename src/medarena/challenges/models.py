@@ -417,6 +417,20 @@ def check_model_archive(files: list[ExtractedFile], track: Track, limits: ModelL
         return problems
     import onnx
 
+    try:  # the proto only: no external data file is opened
+        proto = onnx.load(str(model.path), load_external_data=False)
+    except Exception as exc:  # a file that is not an ONNX protobuf
+        problems.append(f"{MODEL_FILE}: not an ONNX model: {_short(exc)}")
+        return problems
+    external = _external_tensors(proto.graph)
+    if external:
+        name, location = external[0]
+        problems.append(
+            f"{MODEL_FILE}: tensor {name!r} keeps its data in an external file "
+            f"({location!r}); a model submission is one self-contained ONNX file (save it "
+            "with onnx.save(model, path, save_as_external_data=False))"
+        )
+        return problems
     try:
         onnx.checker.check_model(str(model.path))
     except Exception as exc:  # onnx raises several kinds (ValidationError, DecodeError...)
@@ -433,6 +447,44 @@ def check_model_archive(files: list[ExtractedFile], track: Track, limits: ModelL
     if manifest is not None:
         problems += _input_problems(session, manifest)
     return problems
+
+
+def _external_tensors(graph: Any) -> list[tuple[str, str]]:
+    """(name, location) of every tensor of ``graph`` and its subgraphs stored outside it.
+
+    ONNX Runtime reads such data from a file beside the model; it refuses absolute paths and
+    paths out of the model's folder, but a submission has no business naming files at all.
+    """
+    from onnx import AttributeProto, TensorProto
+
+    found: list[tuple[str, str]] = []
+
+    def tensor(t: Any) -> None:
+        if t.data_location == TensorProto.EXTERNAL:
+            where = {e.key: e.value for e in t.external_data}.get("location", "")
+            found.append((t.name, where))
+
+    def walk(g: Any) -> None:
+        for t in g.initializer:
+            tensor(t)
+        for sp in g.sparse_initializer:
+            tensor(sp.values)
+            tensor(sp.indices)
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == AttributeProto.TENSOR:
+                    tensor(a.t)
+                elif a.type == AttributeProto.TENSORS:
+                    for t in a.tensors:
+                        tensor(t)
+                elif a.type == AttributeProto.GRAPH:
+                    walk(a.g)
+                elif a.type == AttributeProto.GRAPHS:
+                    for sub in a.graphs:
+                        walk(sub)
+
+    walk(graph)
+    return found
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
