@@ -154,6 +154,7 @@ def test_datasets_api_lists_trainable_subsets_and_targets_never_hidden_ones(
     assert split["hidden_subsets"] == ["test"]
     assert split["n_cases"] == sum(s["n_cases"] for s in split["subsets"]) < N
     assert split["label_maps"] == split["n_cases"]
+    assert split["label_classes"] == 2  # label maps of 0 and 1: presets task.num_classes
     targets = {t["name"]: t for t in split["targets"]}
     assert targets["size"]["kind"] == "numeric"
     assert targets["grade"]["kind"] == "categorical"

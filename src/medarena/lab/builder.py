@@ -206,7 +206,9 @@ def dataset_choices(cat: Catalogue, only: str | None = None) -> list[dict[str, A
         records = case_records(cat, ds_name)
         splits = []
         for split_name, hidden_subsets in sorted(hidden[ds_name].items()):
-            splits.append(_split_choice(records, split_name, hidden_subsets))
+            choice = _split_choice(records, split_name, hidden_subsets)
+            choice["label_classes"] = _label_classes(cat, records, split_name, hidden_subsets)
+            splits.append(choice)
         images = next(
             (_image_objects(r) for r in records if _image_objects(r)), ()
         )  # the first case with images stands for all (ingest keeps a case's channels alike)
@@ -270,6 +272,55 @@ def image_info(cat: Catalogue, digests: tuple[str, ...]) -> ImageInfo | None:
         _INFO_CACHE.clear()
     _INFO_CACHE[digests] = info
     return info
+
+
+# Label maps read per split to preset a segmentation's task.num_classes (a sample: a page
+# must not read a whole dataset; training checks every case's values anyway).
+LABEL_SAMPLE = 8
+_LABEL_MAX_CACHE: dict[str, int | None] = {}
+
+
+def _label_max(cat: Catalogue, digest: str) -> int | None:
+    """The largest value of a stored label map (None if it cannot be read)."""
+    if digest not in _LABEL_MAX_CACHE:
+        from nibabel.wrapstruct import WrapStructError
+
+        from medarena.imaging.nifti import read_nifti
+
+        try:
+            arr = read_nifti(cat.store.path_of(digest), kind="label").array
+            top: int | None = int(arr.max(initial=0))
+        except (InputError, OSError, ValueError, WrapStructError):
+            top = None
+        if len(_LABEL_MAX_CACHE) >= _INFO_CACHE_SIZE:
+            _LABEL_MAX_CACHE.clear()
+        _LABEL_MAX_CACHE[digest] = top
+    return _LABEL_MAX_CACHE[digest]
+
+
+def _label_classes(
+    cat: Catalogue, records: list[dict[str, Any]], split_name: str, hidden_subsets: set[str]
+) -> int | None:
+    """1 + the largest label value in the label maps of up to LABEL_SAMPLE visible cases.
+
+    Cases of a hidden subset are never read (their label maps are the test set's secret).
+    """
+    top: int | None = None
+    read = 0
+    for r in records:
+        subset = r["splits"].get(split_name)
+        if subset is None or subset in hidden_subsets:
+            continue
+        labels = [o for o in r["objects"] if o["role"] == "label"]
+        if not labels:
+            continue
+        value = _label_max(cat, labels[0]["digest"])
+        if value is not None:
+            top = value if top is None else max(top, value)
+        read += 1
+        if read >= LABEL_SAMPLE:
+            break
+    return None if top is None else top + 1
 
 
 def _split_choice(

@@ -227,6 +227,7 @@
     }
     if (key === "target") classesFromTarget();
     renderData();
+    if (key === "name" || key === "split") classesFromLabelMaps();
     update();
   }
 
@@ -234,6 +235,16 @@
   function presetFromImages(ds) {
     if (ds.spatial_dims) state.task.spatial_dims = ds.spatial_dims;
     if (ds.in_channels) state.task.in_channels = ds.in_channels;
+  }
+
+  // Segmentation: the split's label maps say how many classes there are (1 + the largest
+  // label value the server read in them), so a preset recipe does not fail on its data.
+  function classesFromLabelMaps() {
+    const n = currentSplit()?.label_classes;
+    if (state.task.type === "segmentation" && n && n >= 2) {
+      state.task.num_classes = n;
+      renderTask();
+    }
   }
 
   // A classification target's distinct values are the classes (server-side: class_names).
@@ -270,6 +281,7 @@
     }
     renderData();
     classesFromTarget();
+    classesFromLabelMaps();
     renderKinds();
     $("task-type")?.focus();
   }
@@ -691,6 +703,7 @@
     $("recipe-description").addEventListener("input", (e) => { state.description = e.target.value; update(); });
 
     renderForms();
+    classesFromLabelMaps();
     for (const id of ["data-fs", "task-fs", "trainer-fs", "export-fs"]) $(id).hidden = false;
     $("loading").remove();
     update();
