@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,10 @@ def test_cli_models_list_and_show(
     res = runner.invoke(app, ["lab", "train", str(recipe), "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     assert "registered as model disks-resnet:1" in res.output
+    # not a terminal: a line per epoch for the log, besides the bar's last state
+    assert re.search(
+        r"^epoch 1/1 done: loss [0-9.]+, validation accuracy [0-9.]+$", res.output, re.M
+    )
     res = runner.invoke(app, ["lab", "models", "list", "--json"])
     assert res.exit_code == 0, res.output
     [row] = json.loads(res.stdout)

@@ -143,6 +143,9 @@ def register(app: typer.Typer) -> None:
                 ) as bar:
                     task = bar.add_task("train", total=1, epoch="-", loss="-", metric="")
 
+                    def will_validate(epoch: int, epochs: int) -> bool:
+                        return epoch % r.trainer.val_every == 0 or epoch == epochs
+
                     def show(p: object) -> None:
                         from medarena.lab.trainer import Progress as P
 
@@ -158,6 +161,20 @@ def register(app: typer.Typer) -> None:
                             loss=f"{p.loss:.4f}",
                             metric=metric,
                         )
+                        if console.is_terminal:
+                            return
+                        # a log file (no live bar): one line per epoch
+                        if p.validated and p.metric is not None:
+                            console.print(
+                                f"epoch {p.epoch}/{p.epochs} done: loss {p.loss:.4f}, "
+                                f"validation {p.metric_name} {p.metric:.4f}",
+                                highlight=False,
+                            )
+                        elif p.step == p.steps and not will_validate(p.epoch, p.epochs):
+                            console.print(
+                                f"epoch {p.epoch}/{p.epochs} done: last step loss {p.loss:.4f}",
+                                highlight=False,
+                            )
 
                     result = train(r, cat, out_dir, progress=show, export=export)
             finally:
