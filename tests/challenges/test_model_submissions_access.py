@@ -1,4 +1,5 @@
-"""A phase that takes model submissions only never gives its hidden images to participants.
+"""Hidden data never reaches participants: a phase that takes model submissions only never
+gives them its hidden images; a training download leaves out another split's hidden cases.
 
 The worker runs the team's model on the hidden subset; the team sees scores, never the
 images (issue 5, item 4). A phase that also takes predictions keeps offering them (the team
@@ -15,7 +16,8 @@ from sqlalchemy.orm import Session
 from medarena.accounts.tokens import create_token
 from medarena.challenges import data, service
 from medarena.challenges.spec import ChallengeSpec, parse_spec
-from medarena.datasets.catalogue import Catalogue, case_records
+from medarena.datasets.catalogue import Catalogue, case_records, make_split
+from medarena.datasets.splits import SplitSpec
 from medarena.db.platform_models import Challenge
 from medarena.web.app import create_app
 
@@ -126,3 +128,27 @@ def test_dataset_preview_of_a_models_only_hidden_case_is_withheld(
         ch.spec = raw
         session.commit()
         assert client.get(url).status_code == 200
+
+
+def test_training_download_leaves_out_cases_another_split_hides(
+    catalogue: Catalogue, session: Session, spec: ChallengeSpec, make_user
+) -> None:
+    """A case in the challenge split's train subset that another split of the dataset hides
+    (another challenge's test case) is not in the training zip: its labels are a secret."""
+    make_split(
+        catalogue,
+        "brain",
+        SplitSpec(name="other", ratios=(0.4, 0.2, 0.4), seed=7, group_by=None, hidden=("test",)),
+    )
+    recs = case_records(catalogue, "brain")
+    train = {r["case_key"] for r in recs if r["splits"]["challenge"] == "train"}
+    hidden_elsewhere = {r["case_key"] for r in recs if r["splits"]["other"] == "test"}
+    assert train & hidden_elsewhere and train - hidden_elsewhere  # the seed makes both
+    session.expire_all()
+    ch = _challenge(session, spec, make_user, ["predictions"])
+    alice = make_user("alice@example.org")
+    service.join_challenge(session, ch, alice)
+    plan = data.plan_download(session, ch, alice, "training", "seg")
+    keys = {e.name.split("/")[-1].removesuffix(".nii.gz") for e in plan.entries}
+    keys.discard("labels.csv")
+    assert keys == train - hidden_elsewhere

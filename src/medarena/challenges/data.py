@@ -6,7 +6,8 @@ memory. What each kind of download may contain is fixed here and nowhere else:
 
 - ``training``: images and labels of a track's train subset, plus ``labels.csv`` with the
   case-level labels (classification, regression) and ``findings/<case>.json`` with the
-  nodules and excluded findings (detection). A hidden subset is refused.
+  nodules and excluded findings (detection). A hidden subset is refused, and a case that
+  another split of the dataset hides (another challenge's test case) is left out.
 - ``inputs``: images only of a phase's scored subset, so participants can predict. No
   label map, no case-level label, no case attribute (for brain-age regression the age
   *is* the label). A phase that takes model submissions only never offers the images
@@ -50,6 +51,19 @@ log = logging.getLogger(__name__)
 DownloadKind = Literal["training", "inputs", "reference"]
 DOWNLOAD_KINDS: tuple[DownloadKind, ...] = ("training", "inputs", "reference")
 _CHUNK = 1 << 20
+
+
+def hidden_in_any_split(session: Session, case_ids: list[int]) -> set[int]:
+    """The ids among ``case_ids`` of cases in a hidden subset of some split of their dataset."""
+    if not case_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(SplitAssignment.case_id).where(
+                SplitAssignment.case_id.in_(case_ids), SplitAssignment.hidden.is_(True)
+            )
+        )
+    )
 
 
 def subset_cases(session: Session, dataset: str, split: str, subset: str) -> list[Case]:
@@ -190,6 +204,9 @@ def plan_download(
         )
     cases = subset_cases(session, track.dataset, track.split, subset)
     if kind == "training":
+        # a case another split hides (another challenge's test case) keeps its labels
+        hidden_ids = hidden_in_any_split(session, [c.id for c in cases])
+        cases = [c for c in cases if c.id not in hidden_ids]
         entries = _entries(cases, ("image", "label"), labels_csv=True)
     elif kind == "inputs":
         entries = _entries(cases, ("image",), labels_csv=False)
