@@ -25,6 +25,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from sqlalchemy import delete, select
 
 from medarena.accounts.tokens import create_token
 from medarena.challenges import explanations, scoring
@@ -314,3 +315,33 @@ def test_colour_photographs_render_in_colour(tmp_path: Path) -> None:
     img = np.asarray(Image.open(io.BytesIO(image_slice_png(path, 2, 0))))
     assert img.ndim == 3 and img.shape[2] == 3 and img.shape[:2] == (3 * 64, 4 * 64)
     assert tuple(img[-1, 0]) == (0, 0, 255) and tuple(img[0, -1]) == (200, 0, 0)
+
+
+def test_reference_of_a_case_another_split_hides_is_not_drawn(world: World) -> None:
+    """c3 is public in s1; once split s2 hides it (another challenge's test case), its
+    reference layer is withheld from the team (its labels are s2's secret); admins keep it."""
+    c = world.client
+    url = f"/submissions/{world.preds}/cases/c3/slice.png?axis=2&index=1&layer=reference"
+    assert c.get(url, headers=world.ada).status_code == 200
+    cat: Catalogue = c.app.state.catalogue  # type: ignore[attr-defined]
+    with cat.sessions() as s, s.begin():
+        ds = s.scalars(select(Dataset).where(Dataset.name == "ds")).one()
+        c3 = s.scalars(select(Case).where(Case.dataset_id == ds.id, Case.case_key == "c3")).one()
+        s2 = Split(dataset_id=ds.id, name="s2", spec={}, hidden_subsets=["test"])
+        s.add(s2)
+        s.flush()
+        s.add(SplitAssignment(split_id=s2.id, case_id=c3.id, subset="test", hidden=True))
+        s2_id = s2.id
+    try:
+        r = c.get(url, headers=world.ada)
+        assert r.status_code == 404 and "no reference" in r.text
+        page = c.get(f"/submissions/{world.preds}/cases/c3", headers=world.ada).text
+        assert "layer=reference" not in page
+        # the image and the team's own prediction are still drawn
+        assert c.get(url.replace("reference", "image"), headers=world.ada).status_code == 200
+        assert c.get(url.replace("reference", "prediction"), headers=world.ada).status_code == 200
+    finally:
+        with cat.sessions() as s, s.begin():
+            s.execute(delete(SplitAssignment).where(SplitAssignment.split_id == s2_id))
+            s.execute(delete(Split).where(Split.id == s2_id))
+    assert c.get(url, headers=world.ada).status_code == 200

@@ -40,7 +40,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from medarena.challenges.archives import extract_archive
-from medarena.challenges.data import subset_cases
+from medarena.challenges.data import hidden_in_any_split, subset_cases
 from medarena.challenges.service import find_track_phase, load_spec, subset_info
 from medarena.db.platform_models import Challenge, Submission, User
 from medarena.errors import InputError, NotFoundError
@@ -155,6 +155,15 @@ def viewer_case(session: Session, sub: Submission, user: User, case_key: str) ->
             raise not_found
         label_maps = track.task not in IMAGE_LEVEL_TASKS
         label = labels[0] if len(labels) == 1 and label_maps else None
+        # a public case here that another split hides (another challenge's test case):
+        # its reference stays a secret, as in the dataset pages and downloads
+        if (
+            label is not None
+            and not hidden
+            and not user.is_admin
+            and hidden_in_any_split(session, [c.id])
+        ):
+            label = None
         return ViewerCase(case_key, tuple(images), label, hidden, label_maps)
     raise not_found
 
