@@ -264,7 +264,9 @@ def registry_network(store: Any, recipe_yaml: str, weights_digest: str) -> Any:
 
     recipe = parse_recipe(recipe_yaml, "recipe.yaml")
     network = build_model_parts(recipe)[0]
-    state = torch.load(io.BytesIO(store.get_bytes(weights_digest)), weights_only=True)
+    state = torch.load(
+        io.BytesIO(store.get_bytes(weights_digest)), map_location="cpu", weights_only=True
+    )
     network.load_state_dict(state)
     return network.eval()
 

@@ -487,7 +487,9 @@ def train(
         stopped = "time_budget"
     not_metrics = ("epoch", "step", "lr", "loss", "stopped")
     metrics = {k: v for k, v in (history[-1] if history else {}).items() if k not in not_metrics}
-    torch.save(run.model.state_dict(), out_dir / "model.pt")
+    # CPU tensors: a model trained on a GPU must load on a server without one
+    cpu_state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+    torch.save(cpu_state, out_dir / "model.pt")
     _write_json(out_dir / "metrics.json", {"validation": metrics, "class_names": run.class_names})
     export_info = None
     if export and recipe.export.onnx:
