@@ -15,9 +15,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medarena.errors import InputError
 
@@ -148,6 +148,117 @@ def _per_axis(value: Sequence[float] | float, ndim: int, what: str) -> tuple[flo
     return tuple(float(v) for v in value)
 
 
+# ---------------------------------------------------------------------------- channels
+
+_ChannelList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+# The intensity normalisation blocks: they take ``channels`` (default: every channel).
+NORMALISATION: tuple[str, ...] = ("ct_window", "zscore", "scale_range")
+
+
+class OnChannels:
+    """A MONAI array transform applied to some channels of the image, the others unchanged.
+
+    ``channels`` index the first (channel) axis of ``image``. Another key in ``keys`` (the
+    target image of image_to_image, one channel, normalised like the first input channel)
+    gets the whole transform if ``channels`` holds 0, and is left as it is otherwise.
+    """
+
+    def __init__(self, inner: Any, keys: Sequence[str], channels: Sequence[int]) -> None:
+        self.inner = inner
+        self.keys = tuple(keys)
+        self.channels = [int(c) for c in channels]
+
+    def __call__(self, data: Any) -> Any:
+        import numpy as np
+        import torch
+
+        d = dict(data)
+        for key in self.keys:
+            x = d[key]
+            if key != "image":
+                if 0 in self.channels:
+                    d[key] = self.inner(x)
+                continue
+            if x.shape[0] <= max(self.channels):
+                raise InputError(
+                    f"channels {self.channels}: the image has {x.shape[0]} channel(s)",
+                    value=self.channels,
+                )
+            part = self.inner(x[self.channels])
+            if isinstance(x, torch.Tensor):
+                t = x.clone() if x.is_floating_point() else x.float()
+                t[self.channels] = torch.as_tensor(part, dtype=t.dtype)
+                d[key] = t
+            else:
+                a = np.array(x, dtype=x.dtype if x.dtype.kind == "f" else np.float32)
+                a[self.channels] = np.asarray(part, dtype=a.dtype)
+                d[key] = a
+        return d
+
+
+def channel_problems(
+    refs: Sequence[tuple[str, dict[str, Any]]], in_channels: int
+) -> list[tuple[int, str]]:
+    """Problems of the normalisation blocks' ``channels`` among ``refs`` (block, params).
+
+    Each problem is (index in ``refs``, message): an index not below ``in_channels``, an
+    index listed twice, or a channel that two normalisation blocks both normalise where at
+    least one of them names its channels (two blocks without ``channels`` chain on every
+    channel, as before ``channels`` existed). Parameters that do not validate are skipped
+    (reported elsewhere).
+    """
+    problems: list[tuple[int, str]] = []
+    owner: dict[int, int] = {}  # channel -> index of the block naming it
+    every: list[int] = []  # blocks without channels
+    for i, (name, params) in enumerate(refs):
+        if name not in NORMALISATION:
+            continue
+        raw = params.get("channels") if isinstance(params, dict) else None
+        if raw is None:
+            every.append(i)
+            continue
+        try:
+            valid = REGISTRY[name].params.model_validate(params)
+            chans = [int(c) for c in getattr(valid, "channels", None) or []]
+        except ValidationError:  # the parameter check reports it
+            continue
+        bad = sorted({c for c in chans if c >= in_channels})
+        if bad:
+            problems.append(
+                (
+                    i,
+                    f"channels {chans}: index {bad[0]} is out of range; task.in_channels is "
+                    f"{in_channels} (valid indices 0..{in_channels - 1})",
+                )
+            )
+        twice = sorted({c for c in chans if chans.count(c) > 1})
+        if twice:
+            problems.append((i, f"channels {chans}: channel {twice[0]} is listed twice"))
+        for c in dict.fromkeys(chans):
+            if c in owner:
+                problems.append(
+                    (
+                        i,
+                        f"channels {chans}: channel {c} is already normalised by "
+                        f"entry {owner[c]} ({refs[owner[c]][0]}); each channel takes one "
+                        "normalisation block",
+                    )
+                )
+            else:
+                owner[c] = i
+    if owner:
+        for i in every:
+            problems.append(
+                (
+                    i,
+                    f"{refs[i][0]} without channels normalises every channel, but "
+                    f"channel(s) {sorted(owner)} already have their own normalisation "
+                    "block; give this block its channels",
+                )
+            )
+    return sorted(problems)
+
+
 # ---------------------------------------------------------------------------- preprocessing
 
 
@@ -187,6 +298,11 @@ class CTWindowParams(Params):
     b_min: float = Field(0.0, description="Output value at the lower edge.")
     b_max: float = Field(1.0, description="Output value at the upper edge.")
     clip: bool = Field(True, description="Clip values outside the window.")
+    channels: _ChannelList | None = Field(
+        None,
+        description="Channel indices (0-based) this block normalises; null: every channel. "
+        "Lets a PET/CT recipe window the CT channel and scale the PET channel.",
+    )
 
 
 def _ct_window(p: CTWindowParams, ctx: Context) -> Any:
@@ -194,6 +310,11 @@ def _ct_window(p: CTWindowParams, ctx: Context) -> Any:
 
     if p.a_max <= p.a_min:
         raise InputError("ct_window: a_max must be greater than a_min", value=[p.a_min, p.a_max])
+    if p.channels is not None:
+        from monai.transforms import ScaleIntensityRange
+
+        inner = ScaleIntensityRange(p.a_min, p.a_max, p.b_min, p.b_max, clip=p.clip)
+        return OnChannels(inner, ctx.intensity_keys, p.channels)
     return ScaleIntensityRanged(
         keys=ctx.intensity_keys,
         a_min=p.a_min,
@@ -209,11 +330,19 @@ class ZScoreParams(Params):
         True, description="Compute mean and std over non-zero voxels only (MR: skip background)."
     )
     channel_wise: bool = Field(True, description="Normalise each channel (MR sequence) alone.")
+    channels: _ChannelList | None = Field(
+        None,
+        description="Channel indices (0-based) this block normalises; null: every channel. "
+        "Lets a PET/CT recipe window the CT channel and scale the PET channel.",
+    )
 
 
 def _zscore(p: ZScoreParams, ctx: Context) -> Any:
-    from monai.transforms import NormalizeIntensityd
+    from monai.transforms import NormalizeIntensity, NormalizeIntensityd
 
+    if p.channels is not None:
+        inner = NormalizeIntensity(nonzero=p.nonzero, channel_wise=p.channel_wise)
+        return OnChannels(inner, ctx.intensity_keys, p.channels)
     return NormalizeIntensityd(
         keys=ctx.intensity_keys, nonzero=p.nonzero, channel_wise=p.channel_wise
     )
@@ -222,11 +351,19 @@ def _zscore(p: ZScoreParams, ctx: Context) -> Any:
 class ScaleRangeParams(Params):
     minv: float = Field(0.0, description="Minimum of the output range.")
     maxv: float = Field(1.0, description="Maximum of the output range.")
+    channels: _ChannelList | None = Field(
+        None,
+        description="Channel indices (0-based) this block normalises; null: every channel. "
+        "Lets a PET/CT recipe window the CT channel and scale the PET channel.",
+    )
 
 
 def _scale_range(p: ScaleRangeParams, ctx: Context) -> Any:
-    from monai.transforms import ScaleIntensityd
+    from monai.transforms import ScaleIntensity, ScaleIntensityd
 
+    if p.channels is not None:
+        inner = ScaleIntensity(minv=p.minv, maxv=p.maxv)
+        return OnChannels(inner, ctx.intensity_keys, p.channels)
     return ScaleIntensityd(keys=ctx.intensity_keys, minv=p.minv, maxv=p.maxv)
 
 

@@ -18,7 +18,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medarena.errors import InputError
-from medarena.lab.blocks import DETECTION_LOSSES, REGISTRY, Block, Kind, Params, TaskType, nearest
+from medarena.lab.blocks import (
+    DETECTION_LOSSES,
+    REGISTRY,
+    Block,
+    Kind,
+    Params,
+    TaskType,
+    channel_problems,
+    nearest,
+)
 from medarena.yamlerrors import YamlProblem, parse_mapping, problem_at
 
 
@@ -297,7 +306,11 @@ def _raw_refs(data: Any) -> list[tuple[tuple[str | int, ...], Kind, BlockRef]]:
 
 def _check_blocks(recipe: Recipe) -> list[tuple[tuple[int | str, ...], str]]:
     """Problems of block names, kinds, tasks and parameters, as (location, message)."""
-    return _check_refs(recipe.refs(), recipe.task.type, recipe.task.detection)
+    problems = _check_refs(recipe.refs(), recipe.task.type, recipe.task.detection)
+    pre = [(r.block, r.params) for r in recipe.preprocess]
+    for i, msg in channel_problems(pre, recipe.task.in_channels):
+        problems.append((("preprocess", i, "params", "channels"), msg))
+    return problems
 
 
 def _check_refs(

@@ -167,7 +167,12 @@ def _outputs(recipe: Recipe, info: ModelInfo, track: Track) -> dict[str, Any]:
             )
         return out
     # image_to_image: the target was normalised like the input; undo a fixed window
-    windows = [r for r in recipe.preprocess if r.block in NORMALISATION_BLOCKS]
+    # (with per-channel normalisation: the block covering channel 0, the target's channel)
+    windows = [
+        r
+        for r in recipe.preprocess
+        if r.block in NORMALISATION_BLOCKS and 0 in (r.params.get("channels") or [0])
+    ]
     if len(windows) != 1 or windows[0].block != "ct_window":
         raise _refuse(
             info,
@@ -210,6 +215,8 @@ def manifest_for(info: ModelInfo, track: Track) -> str:
             order.append(0 if ref.block == "orientation" else 1)
         elif ref.block in NORMALISATION_BLOCKS:
             values = recipe.params_of(ref).model_dump(mode="json")
+            if values.get("channels") is None:  # every channel: the manifest's default
+                values.pop("channels", None)
             inputs.setdefault("normalisation", []).append({"block": ref.block, "params": values})
             order.append(2)
         elif ref.block in _TRAINING_ONLY and not image_level:
