@@ -21,10 +21,12 @@ from medarena.cli.main import app
 from medarena.config import get_settings
 from medarena.datasets.catalogue import open_catalogue
 from medarena.db import models, platform_models
+from medarena.db.lab_models import LabRun
 from medarena.demo.lab_models import LAB_TEAM, recipe_name
 from medarena.demo.runner import CHALLENGE_SLUG, ORGANIZER, TEAMS, cache_dir, parse_tracks
 from medarena.errors import InputError
 from medarena.lab.registry import get_model, list_models
+from medarena.lab.submit import visible_models
 from medarena.web.app import create_app
 
 TRACKS = "brain_age,dose,lung_nodules"
@@ -110,6 +112,13 @@ def test_demo_tiny_end_to_end_and_idempotent(tmp_path: Path) -> None:
                 ("brain-age", "final"),
                 ("brain-age", "preliminary"),
             ]
+            # the lab model was trained as a lab run of Team Lab's captain, who sees it
+            captain = s.scalars(
+                select(platform_models.User).where(platform_models.User.email == LAB_TEAM[1])
+            ).one()
+            runs = s.scalars(select(LabRun)).all()
+            assert [(r.owner_id, r.status) for r in runs] == [(captain.id, "succeeded")]
+            assert [m.ref for m in visible_models(cat, s, captain)] == [runs[0].model_ref]
             for x in lab:
                 assert x.status == "scored" and x.primary_score is not None
                 with zipfile.ZipFile(cat.store.path_of(x.archive_digest)) as zf:

@@ -2,11 +2,12 @@
 
 For the tracks in :data:`LAB_PLANS`, team "Team Lab" submits a model archive (``model.onnx``
 + ``manifest.yaml``) instead of predictions. The model comes from a lab recipe built here
-from the lab's blocks, trained by :func:`medarena.lab.trainer.train` on the track's
-``train`` subset (validated on ``validation``) within a time budget, registered in the
-model registry and exported to ONNX by the lab, then submitted in one click
-(:func:`medarena.lab.submit.submit_registry_model`: the manifest is derived from the
-recipe's preprocessing, so the worker feeds the model what it was trained on).
+from the lab's blocks, trained as a lab run of Team Lab's captain (a ``lab.train`` job, as
+if launched from the web UI) on the track's ``train`` subset (validated on ``validation``)
+within a time budget, registered in the model registry and exported to ONNX by the lab,
+then submitted in one click (:func:`medarena.lab.submit.submit_registry_model`: the
+manifest is derived from the recipe's preprocessing, so the worker feeds the model what it
+was trained on).
 """
 
 from __future__ import annotations
@@ -107,13 +108,51 @@ def recipe_yaml(gen: GeneratedTrack, dataset: str, split: str, target: str | Non
 
 
 def train_lab_model(
-    cat: Catalogue, gen: GeneratedTrack, dataset: str, split: str, target: str | None
+    cat: Catalogue,
+    gen: GeneratedTrack,
+    dataset: str,
+    split: str,
+    target: str | None,
+    owner_id: int,
 ) -> str:
-    """Train (or find the finished run of) the track's recipe; its registry ref."""
-    from medarena.lab.recipe import parse_recipe
-    from medarena.lab.trainer import train
+    """Train the track's recipe as a lab run of ``owner_id`` (Team Lab's captain); its
+    registry ref. The run is the one a user would launch from the web UI or
+    ``medarena lab runs submit``: queued as a ``lab.train`` job and trained here by a worker
+    for that kind, so the captain finds it on /lab with its curves and sees the model on
+    /lab/models. A finished run of the same recipe by the same user is reused."""
+    from sqlalchemy import select
 
-    out = Path(cat.settings.data_dir) / "demo-lab" / f"{gen.track}-seed{gen.seed}-{gen.size}"
-    recipe = parse_recipe(recipe_yaml(gen, dataset, split, target), f"demo {gen.track} recipe")
-    result = train(recipe, cat, out)
-    return str(result.model)
+    from medarena.db.lab_models import LabRun
+    from medarena.db.platform_models import User
+    from medarena.jobs.worker import Worker
+    from medarena.lab.recipe import parse_recipe
+    from medarena.lab.runs import HANDLERS, SUCCEEDED, launch_run
+    from medarena.lab.trainer import recipe_digest
+
+    text = recipe_yaml(gen, dataset, split, target)
+    digest = recipe_digest(parse_recipe(text, f"demo {gen.track} recipe"))
+    with cat.sessions() as s:
+        done = s.scalar(
+            select(LabRun.model_ref).where(
+                LabRun.owner_id == owner_id,
+                LabRun.recipe_digest == digest,
+                LabRun.status == SUCCEEDED,
+                LabRun.model_ref.is_not(None),
+            )
+        )
+        if done is not None:
+            return str(done)
+        user = s.get(User, owner_id)
+        assert user is not None
+        run = launch_run(s, user, text, data_dir=Path(cat.settings.data_dir))
+        run_id = run.id
+        s.commit()
+    Worker(cat.sessions, HANDLERS, settings=cat.settings, retry_delay_seconds=0.0).run_until_idle()
+    with cat.sessions() as s:
+        finished = s.get(LabRun, run_id)
+        assert finished is not None
+        if finished.status != SUCCEEDED or finished.model_ref is None:
+            raise RuntimeError(
+                f"demo lab run {run_id} ({gen.track}) ended {finished.status}: {finished.error}"
+            )
+        return str(finished.model_ref)

@@ -765,7 +765,7 @@ def submit_lab_models(
             else [str(cfg.get("value_column", "value"))]
         )
         target = names[0] if gen.task == "regression" else None
-        ref = train_lab_model(cat, gen, dataset_name(gen.track), SPLIT, target)
+        ref = train_lab_model(cat, gen, dataset_name(gen.track), SPLIT, target, ids[email])
         if ref not in report.lab_models:
             report.lab_models.append(ref)
         # the one-click path of the CLI and the web: manifest derived from the recipe
