@@ -197,9 +197,14 @@ class OnChannels:
 
 
 def channel_problems(
-    refs: Sequence[tuple[str, dict[str, Any]]], in_channels: int
+    refs: Sequence[tuple[str, dict[str, Any]]],
+    in_channels: int,
+    count_field: str = "task.in_channels",
 ) -> list[tuple[int, str]]:
     """Problems of the normalisation blocks' ``channels`` among ``refs`` (block, params).
+
+    ``count_field`` names where ``in_channels`` comes from in messages (a model manifest:
+    the length of ``inputs.channels``).
 
     Each problem is (index in ``refs``, message): an index not below ``in_channels``, an
     index listed twice, or a channel that two normalisation blocks both normalise where at
@@ -227,7 +232,7 @@ def channel_problems(
             problems.append(
                 (
                     i,
-                    f"channels {chans}: index {bad[0]} is out of range; task.in_channels is "
+                    f"channels {chans}: index {bad[0]} is out of range; {count_field} is "
                     f"{in_channels} (valid indices 0..{in_channels - 1})",
                 )
             )
