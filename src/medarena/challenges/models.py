@@ -553,18 +553,10 @@ class _CaseInput:
 
 
 def _case_input(store: LocalObjectStore, case: Any, m: Manifest) -> _CaseInput:
+    from medarena.lab.explain import case_image
+
     ndim = m.inputs.spatial_dims
-    objs = sorted((o for o in case.objects if o.role == "image"), key=lambda o: o.name)
-    if not objs:
-        raise RuntimeError(f"case {case.case_key!r} has no image object")
-    channels, affine = [], None
-    for o in objs:
-        img = read_nifti(store.path_of(o.digest))
-        arr = img.array.astype(np.float32)
-        channels.append(arr[None] if arr.ndim == ndim else np.moveaxis(arr, -1, 0))
-        affine = img.nifti_affine() if affine is None else affine
-    assert affine is not None
-    image = np.concatenate(channels, axis=0)
+    image, affine = case_image(store, case, ndim)
     masks = None
     roles = [f"roi:{n}" for n in m.inputs.structures]
     if m.inputs.possible_dose_mask:
