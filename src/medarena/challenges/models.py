@@ -257,13 +257,19 @@ def _manifest_track_problems(m: Manifest, track: Track) -> list[str]:
 
 
 def _block_problems(m: Manifest) -> list[str]:
-    """The normalisation blocks' parameters, checked as the lab checks a recipe's."""
+    """The normalisation blocks' parameters, checked as the lab checks a recipe's (their
+    ``channels`` against ``inputs.channels`` and each other, as ``task.in_channels``)."""
+    from medarena.lab.blocks import channel_problems
+
     problems = []
     for i, ref in enumerate(m.inputs.normalisation):
         try:
             _params(ref.block, ref.params, f"inputs.normalisation[{i}].params")
         except UserInputError as exc:
             problems.append(str(exc))
+    refs = [(r.block, r.params) for r in m.inputs.normalisation]
+    for i, msg in channel_problems(refs, len(m.inputs.channels), "inputs.channels"):
+        problems.append(f"{MANIFEST_FILE}: field inputs.normalisation[{i}].params.channels: {msg}")
     return problems
 
 
