@@ -20,6 +20,7 @@ from rich.progress import (
 )
 
 from medarena.config import Settings, get_settings
+from medarena.datasets.catalogue import Catalogue, open_catalogue
 from medarena.errors import MedarenaError
 
 console = Console()
@@ -57,6 +58,18 @@ def settings_or_exit() -> Iterator[Settings]:
         err_console.print(f"[bold red]configuration error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
     yield settings
+
+
+@contextmanager
+def catalogue_or_exit() -> Iterator[Catalogue]:
+    """The configured catalogue (database migrated), closed on the way out; a configuration
+    error exits with status 2 as in :func:`settings_or_exit`."""
+    with settings_or_exit() as settings:
+        cat = open_catalogue(settings)
+        try:
+            yield cat
+        finally:
+            cat.close()
 
 
 ProgressFn = Callable[[str, int, int], None]

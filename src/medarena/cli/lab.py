@@ -9,7 +9,13 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medarena.cli.common import console, err_console, handle_errors, settings_or_exit
+from medarena.cli.common import (
+    catalogue_or_exit,
+    console,
+    err_console,
+    handle_errors,
+    settings_or_exit,
+)
 from medarena.cli.lab_explain import register_explain
 from medarena.cli.lab_runs import register_runs
 from medarena.datasets.catalogue import open_catalogue
@@ -29,12 +35,8 @@ def _check_data(recipe: Path) -> None:
     from medarena.yamlerrors import YamlProblem
 
     text = recipe.read_text(encoding="utf-8")
-    with settings_or_exit() as settings:
-        cat = open_catalogue(settings)
-        try:
-            result = check_recipe(text, cat)
-        finally:
-            cat.close()
+    with catalogue_or_exit() as cat:
+        result = check_recipe(text, cat)
     if not result.ok:
         problems = [YamlProblem(p.line, p.field, p.message) for p in result.problems]
         raise RecipeError(str(recipe), problems)
@@ -213,12 +215,8 @@ def register(app: typer.Typer) -> None:
         """List registered models: name, version, task, dataset, validation metrics."""
         from medarena.lab.registry import list_models
 
-        with settings_or_exit() as settings:
-            cat = open_catalogue(settings)
-            try:
-                found = list_models(cat, name)
-            finally:
-                cat.close()
+        with catalogue_or_exit() as cat:
+            found = list_models(cat, name)
         if as_json:
             rows = [
                 {
@@ -264,18 +262,14 @@ def register(app: typer.Typer) -> None:
         """Show a model: card, metrics, curves, export parity and recipe."""
         from medarena.lab.registry import get_model
 
-        with settings_or_exit() as settings:
-            cat = open_catalogue(settings)
-            try:
-                m = get_model(cat, ref)
-                if onnx_out is not None:
-                    if m.onnx_digest is None:
-                        raise InputError(f"model {m.ref} has no ONNX export", value=ref)
-                    cat.store.copy_to(m.onnx_digest, onnx_out)
-                if weights_out is not None:
-                    cat.store.copy_to(m.weights_digest, weights_out)
-            finally:
-                cat.close()
+        with catalogue_or_exit() as cat:
+            m = get_model(cat, ref)
+            if onnx_out is not None:
+                if m.onnx_digest is None:
+                    raise InputError(f"model {m.ref} has no ONNX export", value=ref)
+                cat.store.copy_to(m.onnx_digest, onnx_out)
+            if weights_out is not None:
+                cat.store.copy_to(m.weights_digest, weights_out)
         if as_json:
             out = {k: v for k, v in vars(m).items()}
             out["model"] = m.ref
@@ -338,12 +332,8 @@ def register(app: typer.Typer) -> None:
         """Compare models' validation metrics side by side."""
         from medarena.lab.registry import compare_models
 
-        with settings_or_exit() as settings:
-            cat = open_catalogue(settings)
-            try:
-                cmp = compare_models(cat, refs)
-            finally:
-                cat.close()
+        with catalogue_or_exit() as cat:
+            cmp = compare_models(cat, refs)
         if as_json:
             typer.echo(json.dumps(cmp, indent=2))
             return
@@ -389,29 +379,25 @@ def register(app: typer.Typer) -> None:
         from medarena.lab.registry import get_model
         from medarena.lab.submit import find_user, owner_of, submit_registry_model, team_captain
 
-        with settings_or_exit() as settings:
-            cat = open_catalogue(settings)
-            try:
-                info = get_model(cat, ref)
-                if user and team:
-                    raise InputError("give --user or --team, not both", value=[user, team])
-                with cat.sessions() as s:
-                    if team:
-                        who: User | None = team_captain(s, challenge, team)
-                    else:
-                        who = find_user(s, user) if user else owner_of(s, info)
-                    if who is None:
-                        raise InputError(
-                            f"model {info.ref} was not trained by a lab run, so it has no "
-                            "owner; name the submitting user with --user EMAIL or --team NAME",
-                            value=ref,
-                        )
-                    uid, email = who.id, who.email
-                sub = submit_registry_model(
-                    cat, info, user_id=uid, challenge=challenge, track=track, phase=phase
-                )
-            finally:
-                cat.close()
+        with catalogue_or_exit() as cat:
+            info = get_model(cat, ref)
+            if user and team:
+                raise InputError("give --user or --team, not both", value=[user, team])
+            with cat.sessions() as s:
+                if team:
+                    who: User | None = team_captain(s, challenge, team)
+                else:
+                    who = find_user(s, user) if user else owner_of(s, info)
+                if who is None:
+                    raise InputError(
+                        f"model {info.ref} was not trained by a lab run, so it has no "
+                        "owner; name the submitting user with --user EMAIL or --team NAME",
+                        value=ref,
+                    )
+                uid, email = who.id, who.email
+            sub = submit_registry_model(
+                cat, info, user_id=uid, challenge=challenge, track=track, phase=phase
+            )
         console.print(
             f"model {info.ref} submitted as {email}: submission {sub.id} ({sub.status}); "
             "`medarena worker` scores it",
@@ -430,13 +416,9 @@ def register(app: typer.Typer) -> None:
         from medarena.lab.registry import get_model
         from medarena.lab.submit import download_model
 
-        with settings_or_exit() as settings:
-            cat = open_catalogue(settings)
-            try:
-                info = get_model(cat, ref)
-                folder = out or Path(f"{info.name}-v{info.version}")
-                written = download_model(cat, info, folder)
-            finally:
-                cat.close()
+        with catalogue_or_exit() as cat:
+            info = get_model(cat, ref)
+            folder = out or Path(f"{info.name}-v{info.version}")
+            written = download_model(cat, info, folder)
         for path in written:
             console.print(f"{path} ({path.stat().st_size} B)", highlight=False)

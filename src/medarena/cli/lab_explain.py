@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from medarena.cli.common import console, handle_errors, settings_or_exit
-from medarena.datasets.catalogue import open_catalogue
+from medarena.cli.common import catalogue_or_exit, console, handle_errors
 
 
 def register_explain(group: typer.Typer) -> None:
@@ -44,20 +43,18 @@ def register_explain(group: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"{out.name!r} must end in .nii.gz or .nii", param_hint="--out"
             )
-        with settings_or_exit() as settings:
-            cat = open_catalogue(settings)
-            try:
-                with console.status(f"explaining case {case} with {ref}"):
-                    exp, affine = explain_registry_case(
-                        cat,
-                        ref,
-                        case,
-                        dataset=dataset,
-                        target_layer=target_layer,
-                        class_index=class_index,
-                    )
-            finally:
-                cat.close()
+        with (
+            catalogue_or_exit() as cat,
+            console.status(f"explaining case {case} with {ref}"),
+        ):
+            exp, affine = explain_registry_case(
+                cat,
+                ref,
+                case,
+                dataset=dataset,
+                target_layer=target_layer,
+                class_index=class_index,
+            )
         data = maps_nifti(exp.maps, affine)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data if out.name.endswith(".gz") else gzip.decompress(data))

@@ -17,7 +17,13 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medarena.cli.common import console, err_console, handle_errors, settings_or_exit
+from medarena.cli.common import (
+    catalogue_or_exit,
+    console,
+    err_console,
+    handle_errors,
+    settings_or_exit,
+)
 from medarena.datasets.catalogue import Catalogue, open_catalogue
 from medarena.errors import InputError, NotFoundError
 
@@ -174,19 +180,14 @@ def register_runs(group: typer.Typer) -> None:
         from medarena.db.platform_models import User
         from medarena.lab.runs import run_public
 
-        with settings_or_exit() as settings:
-            cat = open_catalogue(settings)
-            try:
-                with cat.sessions() as s:
-                    q = select(LabRun, User.email).join(User, User.id == LabRun.owner_id)
-                    if user:
-                        q = q.where(LabRun.owner_id == require_user(s, user).id)
-                    rows = [
-                        {**run_public(r), "owner": email}
-                        for r, email in s.execute(q.order_by(LabRun.id.desc()))
-                    ]
-            finally:
-                cat.close()
+        with catalogue_or_exit() as cat, cat.sessions() as s:
+            q = select(LabRun, User.email).join(User, User.id == LabRun.owner_id)
+            if user:
+                q = q.where(LabRun.owner_id == require_user(s, user).id)
+            rows = [
+                {**run_public(r), "owner": email}
+                for r, email in s.execute(q.order_by(LabRun.id.desc()))
+            ]
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return
@@ -214,12 +215,8 @@ def register_runs(group: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON (with curve points)."),
     ) -> None:
         """Show a run: status, progress, error, model, folder and its validation curve."""
-        with settings_or_exit() as settings:
-            cat = open_catalogue(settings)
-            try:
-                run = _run_row(cat, run_id)
-            finally:
-                cat.close()
+        with catalogue_or_exit() as cat:
+            run = _run_row(cat, run_id)
         if as_json:
             typer.echo(json.dumps(run, indent=2))
             return
@@ -250,19 +247,14 @@ def register_runs(group: typer.Typer) -> None:
         from medarena.db.platform_models import User
         from medarena.lab.runs import cancel_run
 
-        with settings_or_exit() as settings:
-            cat = open_catalogue(settings)
-            try:
-                with cat.sessions() as s:
-                    row = s.get(LabRun, run_id)
-                    owner = s.get(User, row.owner_id) if row is not None else None
-                    if owner is None:
-                        raise NotFoundError(f"no lab run {run_id}")
-                    run = cancel_run(s, owner, run_id)
-                    s.commit()
-                    status = run.status
-            finally:
-                cat.close()
+        with catalogue_or_exit() as cat, cat.sessions() as s:
+            row = s.get(LabRun, run_id)
+            owner = s.get(User, row.owner_id) if row is not None else None
+            if owner is None:
+                raise NotFoundError(f"no lab run {run_id}")
+            run = cancel_run(s, owner, run_id)
+            s.commit()
+            status = run.status
         if status == "cancelled":
             console.print(f"run {run_id} cancelled", highlight=False)
         else:
