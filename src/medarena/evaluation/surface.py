@@ -473,15 +473,16 @@ def border_distances_for_stats(
     if hd95_variant == "max_directed":
         # HD95 is the larger directed percentile: settle the direction whose percentile can
         # be the larger first; the other needs settling only if it can still exceed it
-        first, second = sorted(parts, key=lambda part: -np.percentile(part.upper, 95.0))
-        _settle_percentile([first], 95.0)
-        decided = float(np.percentile(_stand_ins(first, nsd_tolerance_mm), 95.0))
-        if not (
-            np.percentile(second.upper, 95.0) <= decided
-            and np.percentile(_stand_ins(second, nsd_tolerance_mm), 95.0) <= decided
-        ):
-            _settle_percentile([second], 95.0)
-    elif hd95_variant == "pooled":
+        upper_p95 = [float(np.percentile(part.upper, 95.0)) for part in parts]
+        first, second = (0, 1) if upper_p95[0] >= upper_p95[1] else (1, 0)
+        _settle_percentile([parts[first]], 95.0)
+        values = [_stand_ins(part, nsd_tolerance_mm) for part in parts]
+        decided = float(np.percentile(values[first], 95.0))
+        if not (upper_p95[second] <= decided and np.percentile(values[second], 95.0) <= decided):
+            _settle_percentile([parts[second]], 95.0)
+            values[second] = _stand_ins(parts[second], nsd_tolerance_mm)
+        return SurfaceDistances(pred_to_ref=values[0], ref_to_pred=values[1])
+    if hd95_variant == "pooled":
         _settle_percentile(list(parts), 95.0)
     values = [_stand_ins(part, nsd_tolerance_mm) for part in parts]
     return SurfaceDistances(pred_to_ref=values[0], ref_to_pred=values[1])
